@@ -1,0 +1,119 @@
+"""Worker threads for blocking model calls, each pinned to chosen CPU cores, taskset-style.
+
+Inference libraries (llama.cpp's OpenMP team, CTranslate2, ONNX Runtime) start their own
+threads from the thread that first calls them, and those threads inherit its CPU affinity.
+So each model gets one long-lived worker thread that pins itself before the model loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+from typing import AsyncIterator, Callable, Iterator, Literal, TypeVar
+
+from voicebot.errors import ConfigError
+
+T = TypeVar("T")
+Role = Literal["llm", "tts", "asr"]
+
+
+def available_cores() -> tuple[int, ...]:
+    """The cores this process may run on."""
+    return tuple(sorted(os.sched_getaffinity(0)))
+
+
+def resolve_cores(spec: str | tuple[int, ...], role: Role) -> tuple[int, ...]:
+    """Turn a config's `cores` value into concrete core numbers, refusing cores that do not exist."""
+    cores = available_cores()
+    if spec == "auto":
+        if role == "llm":
+            return cores[1:] if len(cores) >= 3 else cores
+        if role == "tts":
+            return cores[:1]
+        return cores
+    missing = sorted(set(spec) - set(cores))
+    if missing:
+        raise ConfigError(
+            f"config error: {role}.cores = {list(spec)}: core {missing[0]} is not available; "
+            f"this machine offers cores {', '.join(map(str, cores))} (or use auto)"
+        )
+    return tuple(sorted(set(spec)))
+
+
+class PinnedWorker:
+    """One named thread, pinned to `cores`, that runs every call for one model in order."""
+
+    def __init__(self, name: str, cores: tuple[int, ...]) -> None:
+        self.name = name
+        self.cores = cores
+        self.thread_id: int | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=name, initializer=self._pin
+        )
+
+    def _pin(self) -> None:
+        os.sched_setaffinity(0, self.cores)
+        self.thread_id = threading.get_native_id()
+
+    def submit(self, fn: Callable[..., T], *args) -> concurrent.futures.Future[T]:
+        """Run fn(*args) on the pinned thread."""
+        return self._executor.submit(fn, *args)
+
+    def call(self, fn: Callable[..., T], *args) -> T:
+        """Run fn(*args) on the pinned thread and wait for it, from synchronous code."""
+        return self.submit(fn, *args).result()
+
+    async def run(self, fn: Callable[..., T], *args) -> T:
+        """Run fn(*args) on the pinned thread without blocking the event loop."""
+        return await asyncio.wrap_future(self.submit(fn, *args))
+
+    def close(self) -> None:
+        """Let queued calls finish, then end the thread."""
+        self._executor.shutdown(wait=True)
+
+
+async def iterate_in_worker(worker: PinnedWorker, make_iterator: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+    """Run a blocking generator on `worker` and yield its items on the event loop as they come.
+
+    Leaving the loop early (break, cancellation, error) stops the generator at its next item.
+    """
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue[tuple[bool, object]] = asyncio.Queue()
+    stop = threading.Event()
+
+    def deliver(is_item: bool, value: object) -> None:
+        try:
+            loop.call_soon_threadsafe(items.put_nowait, (is_item, value))
+        except RuntimeError:
+            stop.set()  # The event loop has closed: nobody is listening any more.
+
+    def pump() -> None:
+        iterator = make_iterator()
+        try:
+            for item in iterator:
+                if stop.is_set():
+                    return
+                deliver(True, item)
+        except BaseException as error:  # noqa: BLE001 - handed to the awaiting coroutine, which re-raises it
+            deliver(False, error)
+            return
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+        deliver(False, None)
+
+    worker.submit(pump)
+    try:
+        while True:
+            is_item, value = await items.get()
+            if is_item:
+                yield value  # type: ignore[misc]
+            elif value is None:
+                return
+            else:
+                raise value  # type: ignore[misc]
+    finally:
+        stop.set()
