@@ -1,0 +1,72 @@
+"""Shared fixtures: real recordings, synthesised speech, and test WAVs built from them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voicebot.audio import INPUT_RATE_HZ, AudioChunk, read_wav, write_wav
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_AUDIO = Path(os.environ.get("VOICEBOT_SHARED_AUDIO", REPO.parent / "shared" / "audio"))
+TIMEOUT_S = 180
+
+
+def shared_clip(name: str) -> Path:
+    """A real recording from ../shared/audio (see its README for sources and transcripts)."""
+    path = SHARED_AUDIO / name
+    if not path.is_file():
+        pytest.fail(f"missing real recording {path}; set VOICEBOT_SHARED_AUDIO to the shared/audio folder")
+    return path
+
+
+def espeak(text: str, folder: Path, voice: str = "en-us", speed: int = 160) -> Path:
+    """Speech synthesised by espeak-ng, as a WAV file."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is not installed (apt-get install espeak-ng); .ci/run installs it")
+    path = folder / f"espeak_{abs(hash((text, voice, speed)))}.wav"
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text], check=True, timeout=60)
+    return path
+
+
+def build_wav(path: Path, parts: list[Path | float]) -> Path:
+    """Join WAV files and silences (given in seconds) into one 16 kHz mono WAV."""
+    pieces = []
+    for part in parts:
+        if isinstance(part, (int, float)):
+            pieces.append(np.zeros(int(part * INPUT_RATE_HZ), np.float32))
+        else:
+            pieces.append(read_wav(part).resampled(INPUT_RATE_HZ).samples)
+    write_wav(path, AudioChunk(np.concatenate(pieces), INPUT_RATE_HZ))
+    return path
+
+
+def run_voicebot(*args: str, timeout: float = TIMEOUT_S, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real `voicebot` command in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "voicebot", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
+
+
+def speech_span(path: Path, level: float = 0.02) -> tuple[float, float]:
+    """Seconds from the start of the file to the first and last sample louder than `level`."""
+    audio = read_wav(path)
+    loud = np.flatnonzero(np.abs(audio.samples) > level)
+    return loud[0] / audio.rate_hz, (loud[-1] + 1) / audio.rate_hz
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory) -> Path:
+    """A folder for synthesised test speech."""
+    return tmp_path_factory.mktemp("speech")

@@ -1,0 +1,111 @@
+"""Speech recognition with faster-whisper, int8 on the CPU, guarded against hallucinated text."""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from voicebot.config import AsrConfig
+from voicebot.errors import ConfigError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+# What Whisper is known to "hear" in silence, noise or music (from its training subtitles).
+HALLUCINATIONS = {
+    "you",
+    "thank you",
+    "thanks for watching",
+    "thank you for watching",
+    "thanks for watching and see you next time",
+    "please subscribe",
+    "subtitles by the amaraorg community",
+    "music",
+    "applause",
+    "silence",
+    "bye",
+    "字幕",
+    "谢谢观看",
+    "谢谢大家",
+    "字幕由amaraorg社区提供",
+    "请不吝点赞订阅转发打赏支持明镜与点点栏目",
+}
+MIN_AUDIO_S = 0.3
+MAX_COMPRESSION_RATIO = 2.4  # Above this a segment repeats itself: Whisper stuck in a loop.
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What was said, in which language; empty text when nothing real was heard."""
+
+    text: str
+    language: str
+
+
+def _normalized(text: str) -> str:
+    return re.sub(r"[\W_]+", "", text.lower())
+
+
+def is_junk(text: str) -> bool:
+    """True for transcripts that are not a question: empty, no letters, or a known hallucination."""
+    key = _normalized(text)
+    if not key or not any(unicodedata.category(char).startswith("L") for char in key):
+        return True
+    return key in {_normalized(phrase) for phrase in HALLUCINATIONS}
+
+
+class Transcriber:
+    """faster-whisper on the CPU, int8, with a fixed thread count."""
+
+    def __init__(self, model_dir: Path, config: AsrConfig, threads: int) -> None:
+        from faster_whisper import WhisperModel
+
+        self.config = config
+        try:
+            self._model = WhisperModel(
+                str(model_dir), device="cpu", compute_type="int8", cpu_threads=threads, num_workers=1
+            )
+        except Exception as error:
+            raise ModelLoadError(f"cannot load speech recognition model {model_dir}: {error}") from None
+        if config.language != "en" and not self._model.model.is_multilingual:
+            raise ConfigError(
+                f"config error: asr.language = {config.language!r} but {model_dir} is an English-only model; "
+                "set asr.language: en or use a multilingual Whisper model (models.asr)"
+            )
+
+    def transcribe(self, audio: np.ndarray) -> Transcript:
+        """Transcribe 16 kHz float32 speech; segments that look like silence or guesses are dropped."""
+        if len(audio) < MIN_AUDIO_S * 16000:
+            return Transcript("", self.config.language)
+        language = None if self.config.language == "auto" else self.config.language
+        segments, info = self._model.transcribe(
+            audio,
+            language=language,
+            beam_size=self.config.beam_size,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+            vad_filter=False,  # The endpointer already cut the audio to the speech.
+            no_speech_threshold=self.config.no_speech_prob_max,
+        )
+        kept = []
+        for segment in segments:
+            if segment.no_speech_prob > self.config.no_speech_prob_max:
+                log.info("dropped segment %r: no_speech_prob %.2f", segment.text, segment.no_speech_prob)
+            elif segment.compression_ratio > MAX_COMPRESSION_RATIO:
+                log.info("dropped segment %r: repeats itself (compression %.1f)", segment.text[:40], segment.compression_ratio)
+            elif segment.avg_logprob < self.config.avg_logprob_min:
+                log.info("dropped segment %r: avg_logprob %.2f", segment.text, segment.avg_logprob)
+            else:
+                kept.append(segment.text.strip())
+        separator = "" if info.language == "zh" else " "
+        text = separator.join(kept).strip()
+        if is_junk(text):
+            if text:
+                log.info("ignored transcript %r: looks like noise, not a question", text)
+            text = ""
+        return Transcript(text, info.language)
