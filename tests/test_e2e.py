@@ -1,0 +1,105 @@
+"""The whole voice loop on real models: a WAV of a wake word and a question in, a spoken answer out."""
+
+from __future__ import annotations
+
+import json
+import re
+import wave
+from pathlib import Path
+
+import pytest
+
+from conftest import build_wav, espeak, run_voicebot, shared_clip
+
+BUNDLED = ["--set", "profile=bundled", "--set", "llm.seed=3", "--set", "llm.temperature=0.2", "--set", "llm.max_reply_tokens=60"]
+
+
+def read_trace(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def first(events: list[dict], name: str) -> dict:
+    matches = [e for e in events if e["event"] == name]
+    assert matches, f"no {name!r} event in trace: {[e['event'] for e in events]}"
+    return matches[0]
+
+
+def words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 3}
+
+
+@pytest.fixture(scope="module")
+def whisper():
+    """faster-whisper tiny.en, to hear what voicebot said."""
+    from faster_whisper import WhisperModel
+
+    from voicebot.config import config_from_dict
+    from voicebot.models import resolve_asr
+
+    model_dir = resolve_asr(config_from_dict({"profile": "bundled"}))
+    return WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=2)
+
+
+CASES = [
+    pytest.param("alexa", lambda d: shared_clip("alexa_real.wav"), "Why is the sky blue?", {"blue", "sky"}, id="real-alexa"),
+    pytest.param(
+        "hey_jarvis", lambda d: espeak("hey jarvis", d), "How do plants make food?", {"make", "food"}, id="espeak-hey-jarvis"
+    ),
+]
+
+
+@pytest.mark.parametrize("wake_model, wake_clip, question, question_words", CASES)
+def test_spoken_question_gets_a_spoken_answer(tmp_path, speech_dir, whisper, wake_model, wake_clip, question, question_words):
+    wav = build_wav(tmp_path / "input.wav", [1.0, wake_clip(speech_dir), 0.3, espeak(question, speech_dir), 2.5])
+    out, trace_path = tmp_path / "reply.wav", tmp_path / "trace.jsonl"
+    wake_args = [] if wake_model == "hey_jarvis" else ["--set", f"wake.models=[{wake_model}]"]
+
+    result = run_voicebot("run", *BUNDLED, *wake_args, "--input", str(wav), "--output", str(out), "--trace", str(trace_path))
+
+    assert result.returncode == 0, result.stderr
+    events = read_trace(trace_path)
+    assert first(events, "wake")["model"].startswith(wake_model)
+    transcript = first(events, "transcript")["text"]
+    assert question_words <= words(transcript), transcript
+    sentences = [e["text"] for e in events if e["event"] == "sentence"]
+    assert len(sentences) >= 2, sentences
+    # Speech starts while the LLM is still writing the rest of the answer.
+    assert first(events, "playback_start")["t"] < first(events, "llm_done")["t"]
+    times = [first(events, name)["t"] for name in ("wake", "speech_start", "speech_end", "transcript", "llm_first_token", "tts_first_audio", "playback_end", "turn_end")]
+    assert times == sorted(times), times
+    assert first(events, "turn_end")["reason"] == "answered"
+
+    with wave.open(str(out)) as reply:
+        assert reply.getnframes() / reply.getframerate() > 2.0
+    segments, _ = whisper.transcribe(str(out), language="en", beam_size=1)
+    heard = words(" ".join(s.text for s in segments))
+    said = words(" ".join(sentences))
+    assert len(heard & said) >= 0.5 * len(said), (heard, said)
+
+
+@pytest.mark.parametrize("clip", ["jfk.wav", "speech_long_no_wakeword.wav"])
+def test_speech_without_the_wake_word_gets_no_reply(tmp_path, clip):
+    out, trace_path = tmp_path / "reply.wav", tmp_path / "trace.jsonl"
+
+    result = run_voicebot("run", *BUNDLED, "--fast", "--input", str(shared_clip(clip)), "--output", str(out), "--trace", str(trace_path))
+
+    assert result.returncode == 0, result.stderr
+    events = {e["event"] for e in read_trace(trace_path)}
+    assert not events & {"wake", "transcript", "sentence", "playback_start"}, events
+    with wave.open(str(out)) as reply:
+        assert reply.getnframes() == 0
+
+
+def test_wake_word_then_silence_times_out_quietly(tmp_path, speech_dir):
+    wav = build_wav(tmp_path / "input.wav", [0.5, espeak("hey jarvis", speech_dir), 6.0])
+    trace_path = tmp_path / "trace.jsonl"
+
+    result = run_voicebot(
+        "run", *BUNDLED, "--set", "vad.no_speech_timeout_s=2", "--fast", "--input", str(wav), "--output", str(tmp_path / "o.wav"), "--trace", str(trace_path)
+    )
+
+    assert result.returncode == 0, result.stderr
+    events = read_trace(trace_path)
+    assert first(events, "wake")
+    assert first(events, "turn_end")["reason"] == "no_speech"
+    assert not [e for e in events if e["event"] in ("transcript", "sentence")]

@@ -1,0 +1,194 @@
+"""The `voicebot` command: run the assistant, or use one stage on its own."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from voicebot import __version__
+from voicebot.audio import (
+    INPUT_RATE_HZ,
+    AudioSink,
+    Clock,
+    MicrophoneSource,
+    SpeakerSink,
+    WavSink,
+    WavSource,
+    list_devices,
+    read_wav,
+)
+from voicebot.config import Config, load_config
+from voicebot.errors import AudioDeviceError, VoicebotError
+from voicebot.models import resolve_models
+from voicebot.pipeline import Engines, Pipeline, Responder
+from voicebot.trace import Tracer
+
+log = logging.getLogger("voicebot")
+
+MIC_RETRY_S = 3.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: each command's own options plus --config and --set."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", help="YAML config file (default: $VOICEBOT_CONFIG, /etc/voicebot/voicebot.yaml, ~/.config/voicebot/voicebot.yaml)")
+    common.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], help="override one config key for this run; the value is YAML; repeatable")
+    common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="how much to log on stderr (default INFO)")
+
+    parser = argparse.ArgumentParser(prog="voicebot", description="An offline voice assistant: wake word, speech recognition, local LLM, speech.")
+    parser.add_argument("--version", action="version", version=f"voicebot {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", parents=[common], help="run the assistant", description="Listen for the wake word and answer questions aloud. With --input, exit once the input has ended and the last reply has been spoken.")
+    run.add_argument("--input", metavar="WAV", help="hear this WAV file instead of the microphone")
+    run.add_argument("--output", metavar="WAV", help="write replies to this WAV file instead of the speaker")
+    run.add_argument("--trace", metavar="FILE", help="write pipeline events as JSON Lines to FILE")
+    run.add_argument("--fast", action="store_true", help="with --input: feed the file as fast as the pipeline takes it, not in real time")
+
+    ask = commands.add_parser("ask", parents=[common], help="answer a typed question aloud", description="Send TEXT to the LLM, print the answer and speak it as it is written.")
+    ask.add_argument("text", help="the question")
+    ask.add_argument("--output", metavar="WAV", help="write the answer to this WAV file instead of the speaker")
+    ask.add_argument("--trace", metavar="FILE", help="write pipeline events as JSON Lines to FILE")
+
+    say = commands.add_parser("say", parents=[common], help="speak some text", description="Speak TEXT with the configured Piper voices.")
+    say.add_argument("text", help="what to say")
+    say.add_argument("--output", metavar="WAV", help="write the speech to this WAV file instead of the speaker")
+
+    transcribe = commands.add_parser("transcribe", parents=[common], help="print the transcript of a WAV file", description="Transcribe a WAV file with the configured speech recognition model.")
+    transcribe.add_argument("wav", help="the WAV file (any rate and channel count)")
+
+    commands.add_parser("devices", parents=[common], help="list audio devices", description="List the sound devices PortAudio sees, for audio.input_device and audio.output_device.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+    try:
+        if args.command == "devices":
+            print(list_devices())
+            return 0
+        config = load_config(args.config, args.set)
+        return asyncio.run(_COMMANDS[args.command](args, config))
+    except VoicebotError as error:
+        print(f"voicebot: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run(args: argparse.Namespace, config: Config) -> int:
+    if args.fast and not args.input:
+        raise VoicebotError("--fast needs --input: only a file can be heard faster than real time")
+    started = time.monotonic()
+    clock = Clock()
+    source = WavSource(args.input, clock, realtime=not args.fast) if args.input else None
+    tracer = Tracer(clock, args.trace)
+    engines = _load_engines(config, frozenset({"listen", "asr", "llm", "tts"}))
+    try:
+        sink = _open_sink(args.output, config, clock, engines, realtime=not args.fast)
+        try:
+            log.info("ready in %.1f s (profile %s, config %s)", time.monotonic() - started, config.profile, config.source)
+            pipeline = Pipeline(engines, source or MicrophoneSource(config.audio.input_device, clock, config.audio.input_queue_s), sink, tracer)
+            await _until_signal(_run_pipeline(pipeline, retry_microphone=source is None))
+        finally:
+            sink.close()
+    finally:
+        engines.close()
+        tracer.close()
+    return 0
+
+
+async def _run_pipeline(pipeline: Pipeline, retry_microphone: bool) -> None:
+    while True:
+        try:
+            await pipeline.run()
+            return
+        except AudioDeviceError as error:
+            if not retry_microphone:
+                raise
+            log.error("%s; trying again in %.0f s", error, MIC_RETRY_S)
+            await asyncio.sleep(MIC_RETRY_S)
+
+
+async def _ask(args: argparse.Namespace, config: Config) -> int:
+    clock = Clock()
+    tracer = Tracer(clock, args.trace)
+    engines = _load_engines(config, frozenset({"llm", "tts"}))
+    try:
+        sink = _open_sink(args.output, config, clock, engines, realtime=args.output is None)
+        try:
+            reply = await _until_signal(Responder(engines, sink, tracer).respond(args.text))
+        finally:
+            sink.close()
+    finally:
+        engines.close()
+        tracer.close()
+    if reply is not None:
+        print(reply)
+    return 0
+
+
+async def _say(args: argparse.Namespace, config: Config) -> int:
+    clock = Clock()
+    engines = _load_engines(config, frozenset({"tts"}))
+    try:
+        sink = _open_sink(args.output, config, clock, engines, realtime=args.output is None)
+        try:
+            await _until_signal(Responder(engines, sink, Tracer(clock)).say(args.text))
+        finally:
+            sink.close()
+    finally:
+        engines.close()
+    return 0
+
+
+async def _transcribe(args: argparse.Namespace, config: Config) -> int:
+    audio = read_wav(args.wav).resampled(INPUT_RATE_HZ)
+    engines = _load_engines(config, frozenset({"asr"}))
+    try:
+        assert engines.asr_worker is not None and engines.transcriber is not None
+        transcript = await engines.asr_worker.run(engines.transcriber.transcribe, audio.samples)
+    finally:
+        engines.close()
+    print(transcript.text)
+    return 0
+
+
+_COMMANDS = {"run": _run, "ask": _ask, "say": _say, "transcribe": _transcribe}
+
+
+def _load_engines(config: Config, stages: frozenset[str]) -> Engines:
+    engines = Engines.load(config, resolve_models(config, stages), stages)
+    engines.warm_up()
+    return engines
+
+
+def _open_sink(output: str | None, config: Config, clock: Clock, engines: Engines, realtime: bool) -> AudioSink:
+    assert engines.synthesizer is not None
+    if output:
+        return WavSink(Path(output), clock, realtime=realtime, rate_hz=engines.synthesizer.rate_hz)
+    return SpeakerSink(config.audio.output_device, clock, config.audio.output_sample_rate_hz)
+
+
+async def _until_signal(work):
+    """Run `work`; SIGTERM or SIGINT cancel it cleanly (the turn stops, files are closed)."""
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        log.info("stopped by signal")
+        return None
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,321 @@
+"""The voice loop: microphone → wake word → end of utterance → ASR → LLM → chunker → TTS → speaker.
+
+Stages are asyncio tasks joined by queues; every blocking model call runs on a pinned worker
+thread. The reply is spoken piece by piece while the LLM is still writing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from voicebot.asr import Transcriber
+from voicebot.audio import AudioChunk, AudioSink, AudioSource
+from voicebot.chunker import SentenceChunker
+from voicebot.config import Config
+from voicebot.errors import VoicebotError
+from voicebot.llm import ChatModel, Conversation
+from voicebot.models import ModelPaths
+from voicebot.threads import PinnedWorker, iterate_in_worker, resolve_cores
+from voicebot.trace import Tracer
+from voicebot.tts import Synthesizer
+from voicebot.vad import Endpoint, Endpointer, EndpointKind, SileroVad
+from voicebot.wake import WakeDetection, WakeWordDetector
+
+log = logging.getLogger(__name__)
+
+CANCEL_TIMEOUT_S = 3.0
+
+
+class State(enum.Enum):
+    """What the assistant is doing."""
+
+    IDLE = "idle"
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+
+
+@dataclass
+class Engines:
+    """The loaded models and the pinned worker thread each one runs on."""
+
+    config: Config
+    listen_worker: PinnedWorker | None = None
+    asr_worker: PinnedWorker | None = None
+    llm_worker: PinnedWorker | None = None
+    tts_worker: PinnedWorker | None = None
+    wake: WakeWordDetector | None = None
+    endpointer: Endpointer | None = None
+    transcriber: Transcriber | None = None
+    chat: ChatModel | None = None
+    synthesizer: Synthesizer | None = None
+    workers: list[PinnedWorker] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, config: Config, paths: ModelPaths, stages: frozenset[str] = frozenset({"listen", "asr", "llm", "tts"})) -> Engines:
+        """Load the models for `stages`, each on its own thread pinned to its configured cores."""
+        engines = cls(config)
+        try:
+            if "tts" in stages:
+                engines.tts_worker = engines._worker("tts", resolve_cores(config.tts.cores, "tts"))
+                engines.synthesizer = engines.tts_worker.call(
+                    Synthesizer, paths.voices, config.tts, len(engines.tts_worker.cores)
+                )
+            if "llm" in stages:
+                engines.llm_worker = engines._worker("llm", resolve_cores(config.llm.cores, "llm"))
+                engines.chat = ChatModel(paths.llm, config.llm, engines.llm_worker)
+            if "asr" in stages:
+                engines.asr_worker = engines._worker("asr", resolve_cores(config.asr.cores, "asr"))
+                engines.transcriber = engines.asr_worker.call(
+                    Transcriber, paths.asr, config.asr, len(engines.asr_worker.cores)
+                )
+            if "listen" in stages:
+                # The always-on stages share the TTS cores: they are light, and must not slow the LLM.
+                engines.listen_worker = engines._worker("listen", resolve_cores(config.tts.cores, "tts"))
+                engines.wake = engines.listen_worker.call(WakeWordDetector, config.wake)
+                engines.endpointer = engines.listen_worker.call(lambda: Endpointer(config.vad, SileroVad()))
+        except BaseException:
+            engines.close()
+            raise
+        return engines
+
+    def _worker(self, name: str, cores: tuple[int, ...]) -> PinnedWorker:
+        worker = PinnedWorker(name, cores)
+        self.workers.append(worker)
+        return worker
+
+    def warm_up(self) -> None:
+        """Run each model once, so the first question does not pay for first-call set-up."""
+        if self.chat is not None and self.llm_worker is not None:
+            self.llm_worker.call(self.chat.warm_up, self.config.llm.system_prompt)
+        if self.transcriber is not None and self.asr_worker is not None:
+            self.asr_worker.call(self.transcriber.transcribe, np.zeros(16000, np.float32))
+        if self.synthesizer is not None and self.tts_worker is not None:
+            self.tts_worker.call(lambda: list(self.synthesizer.synthesize("Ready.")))
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        for worker in self.workers:
+            worker.close()
+        self.workers.clear()
+
+
+class Responder:
+    """Question text in, spoken answer out: LLM tokens → chunker → TTS → sink, all overlapping."""
+
+    def __init__(
+        self,
+        engines: Engines,
+        sink: AudioSink,
+        tracer: Tracer,
+        on_speaking: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.engines = engines
+        self.sink = sink
+        self.tracer = tracer
+        self.on_speaking = on_speaking
+        config = engines.config
+        self.conversation = Conversation(config.conversation, config.llm.system_prompt)
+        self._new_chunker = lambda: SentenceChunker(config.tts.first_piece_chars, config.tts.max_piece_chars)
+
+    async def respond(self, question: str) -> str:
+        """Ask the LLM and speak its answer as it is written; returns the answer's text."""
+        chat, llm_worker = self.engines.chat, self.engines.llm_worker
+        assert chat is not None and llm_worker is not None
+        messages = await llm_worker.run(self.conversation.messages, question, chat)
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        writer = asyncio.create_task(self._write(messages, pieces))
+        try:
+            await self._speak(pieces)
+            reply = await writer
+        finally:
+            if not writer.done():
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
+        self.conversation.add(question, reply)
+        return reply
+
+    async def say(self, text: str) -> None:
+        """Speak `text` as it is, piece by piece."""
+        chunker = self._new_chunker()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        for piece in chunker.feed(text) + chunker.flush():
+            self.tracer.emit("sentence", text=piece)
+            pieces.put_nowait(piece)
+        pieces.put_nowait(None)
+        await self._speak(pieces)
+
+    async def _write(self, messages: list[dict[str, str]], pieces: asyncio.Queue[str | None]) -> str:
+        chat, llm_worker = self.engines.chat, self.engines.llm_worker
+        assert chat is not None and llm_worker is not None
+        chunker = self._new_chunker()
+        reply: list[str] = []
+        try:
+            async for token in iterate_in_worker(llm_worker, lambda: chat.stream(messages)):
+                if not reply:
+                    self.tracer.emit("llm_first_token")
+                reply.append(token)
+                for piece in chunker.feed(token):
+                    self.tracer.emit("sentence", text=piece)
+                    pieces.put_nowait(piece)
+            for piece in chunker.flush():
+                self.tracer.emit("sentence", text=piece)
+                pieces.put_nowait(piece)
+            self.tracer.emit("llm_done", tokens=len(reply))
+        finally:
+            pieces.put_nowait(None)
+        return "".join(reply)
+
+    async def _speak(self, pieces: asyncio.Queue[str | None]) -> None:
+        synthesizer, tts_worker = self.engines.synthesizer, self.engines.tts_worker
+        assert synthesizer is not None and tts_worker is not None
+        started = asyncio.Event()
+
+        def on_first_sample(heard_at: float) -> None:
+            self.tracer.emit("playback_start", t=heard_at)
+            started.set()
+            self.on_speaking()
+
+        self.sink.start(on_first_sample)
+        first_audio = True
+        try:
+            while (piece := await pieces.get()) is not None:
+                async for audio in iterate_in_worker(tts_worker, lambda: synthesizer.synthesize(piece)):
+                    if first_audio:
+                        self.tracer.emit("tts_first_audio")
+                        first_audio = False
+                    await self.sink.play(audio)
+            await self.sink.drain()
+        except BaseException:
+            self.sink.stop()
+            raise
+        if started.is_set():
+            self.tracer.emit("playback_end")
+
+
+class Pipeline:
+    """The assistant: hears the source, answers through the sink, one turn at a time."""
+
+    def __init__(self, engines: Engines, source: AudioSource, sink: AudioSink, tracer: Tracer) -> None:
+        self.engines = engines
+        self.source = source
+        self.tracer = tracer
+        self.state = State.IDLE
+        self.responder = Responder(engines, sink, tracer, on_speaking=lambda: self._set_state(State.SPEAKING))
+        self._turn: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """Listen until the input ends, then finish the last turn; cancelling stops everything."""
+        assert self.engines.listen_worker is not None and self.engines.wake is not None
+        await self.engines.listen_worker.run(self.engines.wake.reset)
+        try:
+            async for chunk in self.source.frames():
+                await self._hear(chunk)
+            await self._input_ended()
+        finally:
+            await self.cancel_turn()
+
+    async def cancel_turn(self) -> None:
+        """Stop the current turn wherever it is: generation, synthesis and playback."""
+        turn = self._turn
+        if turn is None or turn.done():
+            return
+        turn.cancel()
+        try:
+            await asyncio.wait_for(asyncio.gather(turn, return_exceptions=True), CANCEL_TIMEOUT_S)
+        except TimeoutError:
+            log.error("turn did not stop within %.0f s of being cancelled", CANCEL_TIMEOUT_S)
+
+    async def _hear(self, chunk: AudioChunk) -> None:
+        worker = self.engines.listen_worker
+        assert worker is not None
+        listening = self.state is State.LISTENING
+        detection, endpoints = await worker.run(self._analyse, chunk, listening)
+        if detection is not None:
+            await self._on_wake(detection)
+        for endpoint in endpoints:
+            self._on_endpoint(endpoint)
+
+    def _analyse(self, chunk: AudioChunk, listening: bool) -> tuple[WakeDetection | None, list[Endpoint]]:
+        """Runs on the listen worker: the wake word always, the VAD while a question is awaited."""
+        assert self.engines.wake is not None and self.engines.endpointer is not None
+        detection = self.engines.wake.process(chunk)
+        endpoints = self.engines.endpointer.process(chunk) if listening else []
+        return detection, endpoints
+
+    async def _on_wake(self, detection: WakeDetection) -> None:
+        if self.state is not State.IDLE:
+            # Barge-in will act here; for now a wake word during a turn is noted and ignored.
+            log.info("wake word ignored while %s", self.state.value)
+            return
+        self.tracer.emit("wake", t=detection.heard_at, model=detection.model, score=round(detection.score, 3))
+        assert self.engines.listen_worker is not None and self.engines.endpointer is not None
+        await self.engines.listen_worker.run(self.engines.endpointer.begin, detection.heard_at)
+        self._set_state(State.LISTENING)
+
+    def _on_endpoint(self, endpoint: Endpoint) -> None:
+        if endpoint.kind is EndpointKind.SPEECH_START:
+            self.tracer.emit("speech_start", t=endpoint.at)
+            return
+        if endpoint.kind is EndpointKind.NO_SPEECH:
+            log.info("nobody spoke after the wake word")
+            self.tracer.emit("turn_end", reason="no_speech")
+            self._set_state(State.IDLE)
+            return
+        delay = self.tracer.clock.now() - endpoint.at
+        self.tracer.emit("speech_end", t=endpoint.at, endpoint_delay_s=round(delay, 4), reason=endpoint.kind.value)
+        utterance = self.engines.endpointer.utterance if self.engines.endpointer else None
+        assert utterance is not None
+        self._set_state(State.THINKING)
+        self._turn = asyncio.create_task(self._run_turn(utterance.audio), name="turn")
+
+    async def _input_ended(self) -> None:
+        if self.state is State.LISTENING:
+            assert self.engines.listen_worker is not None and self.engines.endpointer is not None
+            endpoint = await self.engines.listen_worker.run(self.engines.endpointer.finish_now)
+            if endpoint is None:
+                self.tracer.emit("turn_end", reason="no_speech")
+                self._set_state(State.IDLE)
+            else:
+                self._on_endpoint(endpoint)
+        if self._turn is not None:
+            await asyncio.gather(self._turn, return_exceptions=True)
+
+    async def _run_turn(self, audio: np.ndarray) -> None:
+        reason = "answered"
+        try:
+            transcriber, asr_worker = self.engines.transcriber, self.engines.asr_worker
+            assert transcriber is not None and asr_worker is not None
+            transcript = await asr_worker.run(transcriber.transcribe, audio)
+            self.tracer.emit("transcript", text=transcript.text, language=transcript.language)
+            if not transcript.text:
+                reason = "no_transcript"
+                return
+            log.info("heard: %s", transcript.text)
+            reply = await self.responder.respond(transcript.text)
+            log.info("replied: %s", reply)
+        except asyncio.CancelledError:
+            reason = "cancelled"
+            raise
+        except VoicebotError as error:
+            reason = "error"
+            log.error("turn failed: %s", error)
+        except Exception as error:  # noqa: BLE001 - one bad turn must not stop the assistant
+            reason = "error"
+            log.error("turn failed: %s: %s", type(error).__name__, error)
+            log.debug("turn failure details", exc_info=True)
+        finally:
+            self.tracer.emit("turn_end", reason=reason)
+            self._set_state(State.IDLE)
+
+    def _set_state(self, state: State) -> None:
+        log.info("state: %s -> %s", self.state.value, state.value)
+        self.state = state
+        self.tracer.emit("state", state=state.value)
+
