@@ -156,14 +156,14 @@ def _find_device(sd, device: int | str | None, kind: str) -> int | str | None:
     except Exception as error:  # PortAudio raises its own error types.
         raise AudioDeviceError(f"cannot list sound devices: {error}") from None
     names = [d["name"] for d in devices if d[channels_key] > 0]
-    if isinstance(device, int):
-        if 0 <= device < len(devices) and devices[device][channels_key] > 0:
-            return device
-    elif any(device.lower() in name.lower() for name in names):
+    try:
+        sd.query_devices(device, kind)  # The same matching the stream will use: exactly one device of this kind.
         return device
+    except (ValueError, sd.PortAudioError):  # No match, several matches, or not an input/output device.
+        pass
     choices = ", ".join(repr(name) for name in names) or "none"
     raise AudioDeviceError(
-        f"audio.{kind}_device = {device!r}: no such {kind} device; "
+        f"audio.{kind}_device = {device!r}: no single {kind} device matches it; "
         f"choose one of {choices} (see: voicebot devices)"
     )
 
@@ -342,6 +342,8 @@ class SpeakerSink:
         self._on_first_sample: Callable[[float], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._error: str | None = None
+        self._resampler: soxr.ResampleStream | None = None
+        self._resampler_rate_hz = 0
         try:
             self._stream = sd.OutputStream(
                 samplerate=self.rate_hz,
@@ -389,18 +391,36 @@ class SpeakerSink:
 
     def start(self, on_first_sample: Callable[[float], None]) -> None:
         self._loop = asyncio.get_running_loop()
+        self._resampler = None
         with self._lock:
             self._on_first_sample = on_first_sample
 
     async def play(self, chunk: AudioChunk) -> None:
         if self._error or not self._stream.active:
             raise AudioDeviceError(self._error or f"speaker {self.device or 'default'} vanished")
-        samples = chunk.resampled(self.rate_hz).samples
+        self._enqueue(self._resample(chunk))
+
+    def _resample(self, chunk: AudioChunk, last: bool = False) -> np.ndarray:
+        # One streaming resampler per reply, so sentence joins have no click or phase jump.
+        if chunk.rate_hz == self.rate_hz:
+            return chunk.samples
+        if self._resampler is None or self._resampler_rate_hz != chunk.rate_hz:
+            self._resampler = soxr.ResampleStream(chunk.rate_hz, self.rate_hz, 1, dtype="float32")
+            self._resampler_rate_hz = chunk.rate_hz
+        return self._resampler.resample_chunk(chunk.samples.astype(np.float32), last=last)
+
+    def _enqueue(self, samples: np.ndarray) -> None:
+        if len(samples) == 0:
+            return
         with self._lock:
             self._buffer.append(samples)
             self._queued_samples += len(samples)
 
     async def drain(self) -> None:
+        if self._resampler is not None:
+            tail = AudioChunk(np.zeros(0, np.float32), self._resampler_rate_hz)
+            self._enqueue(self._resample(tail, last=True))
+            self._resampler = None
         while True:
             with self._lock:
                 remaining = self._queued_samples
@@ -412,6 +432,7 @@ class SpeakerSink:
         await asyncio.sleep(self._stream.latency)
 
     def stop(self) -> None:
+        self._resampler = None
         with self._lock:
             self._buffer.clear()
             self._queued_samples = 0
