@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import struct
 import logging
 import threading
 import time
@@ -71,25 +72,59 @@ class AudioChunk:
 
 
 def read_wav(path: str | Path) -> AudioChunk:
-    """Read a PCM WAV of any rate, width and channel count, mixed down to mono."""
+    """Read a WAV of any rate and channel count (8/16/24/32-bit PCM or 32-bit float), mixed down to mono."""
     path = Path(path)
     try:
-        with wave.open(str(path), "rb") as wav:
-            channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
-            raw = wav.readframes(wav.getnframes())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise AudioInputError(f"input WAV {path} does not exist; check the path") from None
     except OSError as error:
         raise AudioInputError(f"cannot read input WAV {path}: {describe_os_error(error)}") from None
-    except (wave.Error, EOFError) as error:
+    try:
+        format_tag, channels, rate, width, raw = _parse_wav(data)
+    except ValueError as error:
         raise AudioInputError(
-            f"input WAV {path} is not a readable PCM WAV ({error}); convert it with: sox IN.wav -b 16 OUT.wav"
+            f"input WAV {path} is not a readable WAV ({error}); convert it with: sox IN -b 16 OUT.wav"
         ) from None
-    if width not in (1, 2, 3, 4) or channels < 1 or rate < 1000:
-        raise AudioInputError(f"input WAV {path} has an unsupported format ({width * 8}-bit, {channels} ch, {rate} Hz)")
     usable = len(raw) - len(raw) % (width * channels)
-    samples = _pcm_to_float(raw[:usable], width).reshape(-1, channels).mean(axis=1)
-    return AudioChunk(samples.astype(np.float32), rate)
+    if format_tag == WAVE_FORMAT_FLOAT:
+        samples = np.frombuffer(raw[:usable], "<f4").astype(np.float32)
+    else:
+        samples = _pcm_to_float(raw[:usable], width)
+    return AudioChunk(samples.reshape(-1, channels).mean(axis=1).astype(np.float32), rate)
+
+
+WAVE_FORMAT_PCM = 1
+WAVE_FORMAT_FLOAT = 3
+WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+
+
+def _parse_wav(data: bytes) -> tuple[int, int, int, int, bytes]:
+    """(format, channels, rate, bytes per sample, sample data) from a RIFF WAVE file."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise ValueError("no RIFF/WAVE header")
+    fmt = None
+    position = 12
+    while position + 8 <= len(data):
+        chunk_id, size = data[position : position + 4], struct.unpack_from("<I", data, position + 4)[0]
+        body = data[position + 8 : position + 8 + size]
+        if chunk_id == b"fmt " and len(body) >= 16:
+            format_tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", body)
+            if format_tag == WAVE_FORMAT_EXTENSIBLE and len(body) >= 26:
+                format_tag = struct.unpack_from("<H", body, 24)[0]  # The sub-format GUID starts with the tag.
+            fmt = (format_tag, channels, rate, bits)
+        elif chunk_id == b"data":
+            if fmt is None:
+                raise ValueError("data before the fmt chunk")
+            format_tag, channels, rate, bits = fmt
+            supported = (format_tag == WAVE_FORMAT_PCM and bits in (8, 16, 24, 32)) or (
+                format_tag == WAVE_FORMAT_FLOAT and bits == 32
+            )
+            if not supported or channels < 1 or rate < 1000:
+                raise ValueError(f"unsupported format {format_tag}, {bits}-bit, {channels} channels, {rate} Hz")
+            return format_tag, channels, rate, bits // 8, body
+        position += 8 + size + (size & 1)
+    raise ValueError("no audio data chunk")
 
 
 def _pcm_to_float(raw: bytes, width: int) -> np.ndarray:
@@ -98,11 +133,8 @@ def _pcm_to_float(raw: bytes, width: int) -> np.ndarray:
     if width == 2:
         return np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
     if width == 3:
-        bytes3 = np.frombuffer(raw, np.uint8).reshape(-1, 3)
-        as_int32 = (bytes3[:, 0].astype(np.int32) << 8) | (bytes3[:, 1].astype(np.int32) << 16) | (
-            bytes3[:, 2].astype(np.int32) << 24
-        )
-        return as_int32.astype(np.float32) / 2**31
+        bytes3 = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
+        return ((bytes3[:, 0] << 8) | (bytes3[:, 1] << 16) | (bytes3[:, 2] << 24)).astype(np.float32) / 2**31
     return np.frombuffer(raw, "<i4").astype(np.float32) / 2**31
 
 
@@ -335,7 +367,9 @@ class SpeakerSink:
         try:
             self.rate_hz = int(rate_hz or sd.query_devices(self.device, "output")["default_samplerate"])
         except Exception as error:
-            raise AudioDeviceError(f"cannot query speaker {self.device or 'default'}: {error}") from None
+            if self.device is None:
+                raise AudioDeviceError("no speaker found; connect one, set audio.output_device, or use --output WAV") from None
+            raise AudioDeviceError(f"cannot query speaker {self.device}: {error}") from None
         self._lock = threading.Lock()
         self._buffer: collections.deque[np.ndarray] = collections.deque()
         self._queued_samples = 0
