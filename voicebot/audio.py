@@ -156,11 +156,15 @@ class AudioSource(Protocol):
 class WavSource:
     """A WAV file heard like a microphone: at real-time pace, or as fast as it is taken."""
 
-    def __init__(self, path: str | Path, clock: Clock, realtime: bool = True) -> None:
-        self.path = Path(path)
+    def __init__(self, audio: AudioChunk, clock: Clock, realtime: bool = True) -> None:
+        self.audio = audio.resampled(INPUT_RATE_HZ)
         self.clock = clock
         self.realtime = realtime
-        self.audio = read_wav(self.path).resampled(INPUT_RATE_HZ)
+
+    @classmethod
+    def from_file(cls, path: str | Path, clock: Clock, realtime: bool = True) -> WavSource:
+        """Hear a WAV file of any rate and channel count."""
+        return cls(read_wav(path), clock, realtime)
 
     async def frames(self) -> AsyncIterator[AudioChunk]:
         """Yield the file in 80 ms chunks; the clock starts with the first one."""

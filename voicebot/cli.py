@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe = commands.add_parser("transcribe", parents=[common], help="print the transcript of a WAV file", description="Transcribe a WAV file with the configured speech recognition model.")
     transcribe.add_argument("wav", help="the WAV file (any rate and channel count)")
 
+    bench = commands.add_parser("bench", parents=[common], help="measure where each turn's time goes", description="Run reference turns (spoken by the configured Piper voice) through the real pipeline in real time, against a sequential baseline and against the floor of each stage alone; report medians and spreads.")
+    bench.add_argument("--turns", type=int, default=5, help="reference turns to run (default 5)")
+    bench.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    bench.add_argument("--plot", metavar="FILE", help="draw one turn's timeline as a PNG (needs matplotlib)")
+    bench.add_argument("--short", action="store_true", help="one turn and 3 s of idle listening: a quick check that the benchmark works")
+
     commands.add_parser("devices", parents=[common], help="list audio devices", description="List the sound devices PortAudio sees, for audio.input_device and audio.output_device.")
     return parser
 
@@ -89,7 +95,7 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
         raise VoicebotError("--fast needs --input: only a file can be heard faster than real time")
     started = time.monotonic()
     clock = Clock()
-    source = WavSource(args.input, clock, realtime=not args.fast) if args.input else None
+    source = WavSource.from_file(args.input, clock, realtime=not args.fast) if args.input else None
     tracer = Tracer(clock, args.trace)
     engines = _load_engines(config, frozenset({"listen", "asr", "llm", "tts"}))
     try:
@@ -162,7 +168,19 @@ async def _transcribe(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-_COMMANDS = {"run": _run, "ask": _ask, "say": _say, "transcribe": _transcribe}
+async def _bench(args: argparse.Namespace, config: Config) -> int:
+    from voicebot.bench import format_table, options_from, run_bench
+
+    if args.turns < 1:
+        raise VoicebotError(f"--turns {args.turns}: run at least one turn")
+    options = options_from(args.turns, args.short, args.json, args.plot)
+    # The benchmark drives its own event loops, one per turn, so it runs outside this one.
+    results = await asyncio.get_running_loop().run_in_executor(None, run_bench, config, options)
+    print(format_table(results))
+    return 0
+
+
+_COMMANDS = {"run": _run, "ask": _ask, "say": _say, "transcribe": _transcribe, "bench": _bench}
 
 
 def _load_engines(config: Config, stages: frozenset[str]) -> Engines:

@@ -112,7 +112,7 @@ class LlmConfig:
     seed: Optional[int] = setting(None, min=0, max=2**31 - 1)
     """Sampling seed, for repeatable replies; null for a new one each time."""
     cores: Cores = "auto"
-    """CPU cores the inference threads are pinned to; one thread per core. auto: all but core 0 when there are 3 or more, else all."""
+    """CPU cores the inference threads are pinned to; one thread per core. auto: every core but core 0 (all of them on a 1-core machine)."""
 
 
 @dataclass(frozen=True)

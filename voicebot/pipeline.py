@@ -92,12 +92,16 @@ class Engines:
 
     def warm_up(self) -> None:
         """Run each model once, so the first question does not pay for first-call set-up."""
-        if self.chat is not None and self.llm_worker is not None:
-            self.llm_worker.call(self.chat.warm_up, self.config.llm.system_prompt)
+        self.warm_up_llm()
         if self.transcriber is not None and self.asr_worker is not None:
             self.asr_worker.call(self.transcriber.transcribe, np.zeros(16000, np.float32))
         if self.synthesizer is not None and self.tts_worker is not None:
             self.tts_worker.call(lambda: list(self.synthesizer.synthesize("Ready.")))
+
+    def warm_up_llm(self) -> None:
+        """Put the system prompt in llama.cpp's prompt cache."""
+        if self.chat is not None and self.llm_worker is not None:
+            self.llm_worker.call(self.chat.warm_up, self.config.llm.system_prompt)
 
     def close(self) -> None:
         """Stop the worker threads."""
@@ -107,7 +111,11 @@ class Engines:
 
 
 class Responder:
-    """Question text in, spoken answer out: LLM tokens → chunker → TTS → sink, all overlapping."""
+    """Question text in, spoken answer out: LLM tokens → chunker → TTS → sink, all overlapping.
+
+    With streaming=False it works as chat-bot pipelines used to: the whole answer is written,
+    then all of it synthesised, then played. The benchmark uses that as its baseline.
+    """
 
     def __init__(
         self,
@@ -115,11 +123,13 @@ class Responder:
         sink: AudioSink,
         tracer: Tracer,
         on_speaking: Callable[[], None] = lambda: None,
+        streaming: bool = True,
     ) -> None:
         self.engines = engines
         self.sink = sink
         self.tracer = tracer
         self.on_speaking = on_speaking
+        self.streaming = streaming
         config = engines.config
         self.conversation = Conversation(config.conversation, config.llm.system_prompt)
         self._new_chunker = lambda: SentenceChunker(config.tts.first_piece_chars, config.tts.max_piece_chars)
@@ -156,6 +166,8 @@ class Responder:
         assert chat is not None and llm_worker is not None
         chunker = self._new_chunker()
         reply: list[str] = []
+        held: list[str] = []
+        release = pieces.put_nowait if self.streaming else held.append
         try:
             async for token in iterate_in_worker(llm_worker, lambda: chat.stream(messages)):
                 if not reply:
@@ -163,11 +175,13 @@ class Responder:
                 reply.append(token)
                 for piece in chunker.feed(token):
                     self.tracer.emit("sentence", text=piece)
-                    pieces.put_nowait(piece)
+                    release(piece)
             for piece in chunker.flush():
                 self.tracer.emit("sentence", text=piece)
-                pieces.put_nowait(piece)
+                release(piece)
             self.tracer.emit("llm_done", tokens=len(reply))
+            for piece in held:
+                pieces.put_nowait(piece)
         finally:
             pieces.put_nowait(None)
         return "".join(reply)
@@ -184,13 +198,19 @@ class Responder:
 
         self.sink.start(on_first_sample)
         first_audio = True
+        held: list[AudioChunk] = []
         try:
             while (piece := await pieces.get()) is not None:
                 async for audio in iterate_in_worker(tts_worker, lambda: synthesizer.synthesize(piece)):
                     if first_audio:
                         self.tracer.emit("tts_first_audio")
                         first_audio = False
-                    await self.sink.play(audio)
+                    if self.streaming:
+                        await self.sink.play(audio)
+                    else:
+                        held.append(audio)
+            for audio in held:
+                await self.sink.play(audio)
             await self.sink.drain()
         except BaseException:
             self.sink.stop()
@@ -202,12 +222,16 @@ class Responder:
 class Pipeline:
     """The assistant: hears the source, answers through the sink, one turn at a time."""
 
-    def __init__(self, engines: Engines, source: AudioSource, sink: AudioSink, tracer: Tracer) -> None:
+    def __init__(
+        self, engines: Engines, source: AudioSource, sink: AudioSink, tracer: Tracer, streaming: bool = True
+    ) -> None:
         self.engines = engines
         self.source = source
         self.tracer = tracer
         self.state = State.IDLE
-        self.responder = Responder(engines, sink, tracer, on_speaking=lambda: self._set_state(State.SPEAKING))
+        self.responder = Responder(
+            engines, sink, tracer, on_speaking=lambda: self._set_state(State.SPEAKING), streaming=streaming
+        )
         self._turn: asyncio.Task[None] | None = None
 
     async def run(self) -> None:

@@ -29,7 +29,8 @@ def resolve_cores(spec: str | tuple[int, ...], role: Role) -> tuple[int, ...]:
     cores = available_cores()
     if spec == "auto":
         if role == "llm":
-            return cores[1:] if len(cores) >= 3 else cores
+            # Core 0 is left to synthesis and the always-on listener, so speech never waits on the LLM.
+            return cores[1:] if len(cores) >= 2 else cores
         if role == "tts":
             return cores[:1]
         return cores
