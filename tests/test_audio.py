@@ -29,7 +29,7 @@ def test_any_pcm_wav_becomes_16k_mono(tmp_path, sox_args):
 def test_wav_source_paces_like_a_microphone():
     async def frames(realtime: bool):
         clock = Clock()
-        source = WavSource(shared_clip("alexa_real.wav"), clock, realtime=realtime)
+        source = WavSource.from_file(shared_clip("alexa_real.wav"), clock, realtime=realtime)
         return [chunk async for chunk in source.frames()], clock.now()
 
     chunks, took_s = asyncio.run(frames(realtime=True))

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import build_wav, espeak, run_voicebot, shared_clip
 
-BUNDLED = ["--set", "profile=bundled", "--set", "llm.seed=3", "--set", "llm.temperature=0.2", "--set", "llm.max_reply_tokens=60"]
+BUNDLED = ["--set", "profile=bundled", "--set", "llm.seed=3", "--set", "llm.temperature=0.2", "--set", "llm.max_reply_tokens=120"]
 
 
 def read_trace(path: Path) -> list[dict]:
@@ -65,8 +65,12 @@ def test_spoken_question_gets_a_spoken_answer(tmp_path, speech_dir, whisper, wak
     assert len(sentences) >= 2, sentences
     # Speech starts while the LLM is still writing the rest of the answer.
     assert first(events, "playback_start")["t"] < first(events, "llm_done")["t"]
-    times = [first(events, name)["t"] for name in ("wake", "speech_start", "speech_end", "transcript", "llm_first_token", "tts_first_audio", "playback_end", "turn_end")]
+    # The answer may be started at the first pause, before speech_end is decided, but is heard only after it.
+    order = ("wake", "speech_start", "transcript", "llm_first_token", "tts_first_audio", "playback_start", "playback_end", "turn_end")
+    times = [first(events, name)["t"] for name in order]
     assert times == sorted(times), times
+    assert first(events, "speech_end")["t"] <= first(events, "playback_start")["t"]
+    assert [e["event"] for e in events].count("transcript") == 1
     assert first(events, "turn_end")["reason"] == "answered"
 
     with wave.open(str(out)) as reply:
@@ -103,3 +107,22 @@ def test_wake_word_then_silence_times_out_quietly(tmp_path, speech_dir):
     assert first(events, "wake")
     assert first(events, "turn_end")["reason"] == "no_speech"
     assert not [e for e in events if e["event"] in ("transcript", "sentence")]
+
+
+def test_a_pause_mid_question_drops_the_early_answer(tmp_path, speech_dir):
+    # The 0.45 s pause is past vad.early_start_s (work on an answer starts) but short of the hangover.
+    parts = [1.0, espeak("hey jarvis", speech_dir), 0.3, espeak("What is the capital", speech_dir), 0.45, espeak("of Germany?", speech_dir), 2.5]
+    wav = build_wav(tmp_path / "input.wav", parts)
+    trace_path = tmp_path / "trace.jsonl"
+
+    result = run_voicebot(
+        "run", *BUNDLED, "--set", "vad.hangover_s=1.0", "--set", "vad.early_start_s=0.2",
+        "--input", str(wav), "--output", str(tmp_path / "o.wav"), "--trace", str(trace_path), "--log-level", "DEBUG",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "dropping the early answer" in result.stderr
+    events = read_trace(trace_path)
+    transcripts = [e["text"] for e in events if e["event"] == "transcript"]
+    assert len(transcripts) == 1 and {"capital", "germany"} <= words(transcripts[0]), transcripts
+    assert [e["reason"] for e in events if e["event"] == "turn_end"] == ["answered"]

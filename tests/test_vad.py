@@ -26,9 +26,11 @@ def test_question_start_and_end_are_found(tmp_path, speech_dir):
     speech_from, speech_to = speech_span(question)
     wav = build_wav(tmp_path / "in.wav", [0.5, question, 2.0])
 
-    found, endpointer = endpoints_for(wav, VadConfig(hangover_s=0.6))
+    found, endpointer = endpoints_for(wav, VadConfig(hangover_s=0.6, early_start_s=0.2))
 
-    assert [e.kind for e in found] == [EndpointKind.SPEECH_START, EndpointKind.SPEECH_END]
+    assert [e.kind for e in found] == [EndpointKind.SPEECH_START, EndpointKind.PAUSE, EndpointKind.SPEECH_END]
+    found = [found[0], found[2]]
+    assert np.array_equal(endpointer.candidate.audio, endpointer.utterance.audio)
     assert abs(found[0].at - (0.5 + speech_from)) < 0.2
     assert abs(found[1].at - (0.5 + speech_to)) < 0.2
     assert 0 < endpointer.utterance.seconds - (speech_to - speech_from) < 0.6
@@ -37,7 +39,17 @@ def test_question_start_and_end_are_found(tmp_path, speech_dir):
 def test_short_pause_inside_a_question_does_not_end_it(tmp_path, speech_dir):
     wav = build_wav(tmp_path / "in.wav", [0.5, espeak("Tell me", speech_dir), 0.35, espeak("a joke about cats", speech_dir), 2.0])
 
-    found, _ = endpoints_for(wav, VadConfig(hangover_s=0.7))
+    found, endpointer = endpoints_for(wav, VadConfig(hangover_s=0.7, early_start_s=0.2))
+
+    start, pause, resume, end = EndpointKind.SPEECH_START, EndpointKind.PAUSE, EndpointKind.RESUME, EndpointKind.SPEECH_END
+    assert [e.kind for e in found] == [start, pause, resume, pause, end]
+    assert endpointer.utterance.seconds > 2.0  # Both halves of the question.
+
+
+def test_early_start_can_be_turned_off(tmp_path, speech_dir):
+    wav = build_wav(tmp_path / "in.wav", [0.5, espeak("Tell me", speech_dir), 0.35, espeak("a joke about cats", speech_dir), 2.0])
+
+    found, _ = endpoints_for(wav, VadConfig(hangover_s=0.7, early_start_s=0))
 
     assert [e.kind for e in found] == [EndpointKind.SPEECH_START, EndpointKind.SPEECH_END]
 

@@ -208,12 +208,13 @@ def _first(events: list[dict[str, Any]], name: str) -> dict[str, Any]:
 def _stage_times(turn: ReferenceTurn, events: list[dict[str, Any]]) -> dict[str, float]:
     speech_end = _first(events, "speech_end")
     decided_at = speech_end["t"] + speech_end["endpoint_delay_s"]
-    transcript_at = _first(events, "transcript")["t"]
+    transcript = _first(events, "transcript")
+    transcript_at = transcript["t"]
     first_sentence_at = _first(events, "sentence")["t"]
     return {
         "wake_delay_s": _first(events, "wake")["t"] - turn.wake_end_s,
         "endpoint_delay_s": decided_at - turn.speech_end_s,
-        "asr_s": transcript_at - decided_at,
+        "asr_s": transcript["asr_s"],
         "llm_first_token_s": _first(events, "llm_first_token")["t"] - transcript_at,
         "llm_first_sentence_s": first_sentence_at - transcript_at,
         "tts_first_audio_s": _first(events, "tts_first_audio")["t"] - first_sentence_at,
@@ -376,12 +377,13 @@ def plot_turn(turn: ReferenceTurn, streaming: list[dict[str, Any]], sequential: 
 def _spans(turn: ReferenceTurn, events: list[dict[str, Any]]) -> list[tuple[str, float, float, str]]:
     speech_end = _first(events, "speech_end")
     decided_at = speech_end["t"] + speech_end["endpoint_delay_s"]
-    transcript_at = _first(events, "transcript")["t"]
+    transcript = _first(events, "transcript")
+    transcript_at = transcript["t"]
     first_sentence_at = _first(events, "sentence")["t"]
     return [
         ("question spoken", turn.speech_start_s, turn.speech_end_s, "#999999"),
         ("endpointing", turn.speech_end_s, decided_at, "#8c6bb1"),
-        ("ASR", decided_at, transcript_at, "#2b8cbe"),
+        ("ASR", transcript_at - transcript["asr_s"], transcript_at, "#2b8cbe"),
         ("LLM to 1st sentence", transcript_at, first_sentence_at, "#41ab5d"),
         ("LLM whole answer", transcript_at, _first(events, "llm_done")["t"], "#a1d99b"),
         ("TTS 1st audio", first_sentence_at, _first(events, "tts_first_audio")["t"], "#fd8d3c"),

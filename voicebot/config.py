@@ -65,6 +65,8 @@ class VadConfig:
     """Speech probability above which a 32 ms window counts as speech."""
     hangover_s: float = setting(0.6, min=0.1, max=5.0)
     """Silence after speech that ends the question."""
+    early_start_s: float = setting(0.2, min=0.0, max=5.0)
+    """After this much silence, start working on the answer while the hangover runs; it is dropped if speech resumes. 0 turns this off; it has no effect unless shorter than hangover_s."""
     max_utterance_s: float = setting(15.0, min=1.0, max=120.0)
     """A question is cut off after this long, even if the person is still talking."""
     no_speech_timeout_s: float = setting(5.0, min=0.5, max=60.0)

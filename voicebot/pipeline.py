@@ -22,7 +22,7 @@ from voicebot.errors import VoicebotError
 from voicebot.llm import ChatModel, Conversation
 from voicebot.models import ModelPaths
 from voicebot.threads import PinnedWorker, iterate_in_worker, resolve_cores
-from voicebot.trace import Tracer
+from voicebot.trace import HeldTracer, Tracer
 from voicebot.tts import Synthesizer
 from voicebot.vad import Endpoint, Endpointer, EndpointKind, SileroVad
 from voicebot.wake import WakeDetection, WakeWordDetector
@@ -134,20 +134,28 @@ class Responder:
         self.conversation = Conversation(config.conversation, config.llm.system_prompt)
         self._new_chunker = lambda: SentenceChunker(config.tts.first_piece_chars, config.tts.max_piece_chars)
 
-    async def respond(self, question: str) -> str:
-        """Ask the LLM and speak its answer as it is written; returns the answer's text."""
+    async def respond(
+        self, question: str, tracer: Tracer | HeldTracer | None = None, may_speak: asyncio.Event | None = None
+    ) -> str:
+        """Ask the LLM and speak its answer as it is written; returns the answer's text.
+
+        With `may_speak`, everything up to the first sound is done, then playback waits for it.
+        """
+        tracer = tracer or self.tracer
         chat, llm_worker = self.engines.chat, self.engines.llm_worker
         assert chat is not None and llm_worker is not None
         messages = await llm_worker.run(self.conversation.messages, question, chat)
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
-        writer = asyncio.create_task(self._write(messages, pieces))
+        writer = asyncio.create_task(self._write(messages, pieces, tracer))
         try:
-            await self._speak(pieces)
+            await self._speak(pieces, tracer, may_speak)
             reply = await writer
         finally:
             if not writer.done():
                 writer.cancel()
                 await asyncio.gather(writer, return_exceptions=True)
+        if may_speak is not None:
+            await may_speak.wait()  # An early answer joins the conversation only once its question has ended.
         self.conversation.add(question, reply)
         return reply
 
@@ -159,9 +167,11 @@ class Responder:
             self.tracer.emit("sentence", text=piece)
             pieces.put_nowait(piece)
         pieces.put_nowait(None)
-        await self._speak(pieces)
+        await self._speak(pieces, self.tracer)
 
-    async def _write(self, messages: list[dict[str, str]], pieces: asyncio.Queue[str | None]) -> str:
+    async def _write(
+        self, messages: list[dict[str, str]], pieces: asyncio.Queue[str | None], tracer: Tracer | HeldTracer
+    ) -> str:
         chat, llm_worker = self.engines.chat, self.engines.llm_worker
         assert chat is not None and llm_worker is not None
         chunker = self._new_chunker()
@@ -171,56 +181,85 @@ class Responder:
         try:
             async for token in iterate_in_worker(llm_worker, lambda: chat.stream(messages)):
                 if not reply:
-                    self.tracer.emit("llm_first_token")
+                    tracer.emit("llm_first_token")
                 reply.append(token)
                 for piece in chunker.feed(token):
-                    self.tracer.emit("sentence", text=piece)
+                    tracer.emit("sentence", text=piece)
                     release(piece)
             for piece in chunker.flush():
-                self.tracer.emit("sentence", text=piece)
+                tracer.emit("sentence", text=piece)
                 release(piece)
-            self.tracer.emit("llm_done", tokens=len(reply))
+            tracer.emit("llm_done", tokens=len(reply))
             for piece in held:
                 pieces.put_nowait(piece)
         finally:
             pieces.put_nowait(None)
         return "".join(reply)
 
-    async def _speak(self, pieces: asyncio.Queue[str | None]) -> None:
+    async def _speak(
+        self, pieces: asyncio.Queue[str | None], tracer: Tracer | HeldTracer, may_speak: asyncio.Event | None = None
+    ) -> None:
         synthesizer, tts_worker = self.engines.synthesizer, self.engines.tts_worker
         assert synthesizer is not None and tts_worker is not None
-        started = asyncio.Event()
+        playing = False
+        held: list[AudioChunk] = []
 
         def on_first_sample(heard_at: float) -> None:
-            self.tracer.emit("playback_start", t=heard_at)
-            started.set()
+            tracer.emit("playback_start", t=heard_at)
             self.on_speaking()
 
-        self.sink.start(on_first_sample)
+        async def play(audio: AudioChunk) -> None:
+            nonlocal playing
+            if not playing:
+                if may_speak is not None:
+                    await may_speak.wait()
+                self.sink.start(on_first_sample)
+                playing = True
+            await self.sink.play(audio)
+
         first_audio = True
-        held: list[AudioChunk] = []
         try:
             while (piece := await pieces.get()) is not None:
                 async for audio in iterate_in_worker(tts_worker, lambda: synthesizer.synthesize(piece)):
                     if first_audio:
-                        self.tracer.emit("tts_first_audio")
+                        tracer.emit("tts_first_audio")
                         first_audio = False
                     if self.streaming:
-                        await self.sink.play(audio)
+                        await play(audio)
                     else:
                         held.append(audio)
             for audio in held:
-                await self.sink.play(audio)
-            await self.sink.drain()
+                await play(audio)
+            if playing:
+                await self.sink.drain()
+                tracer.emit("playback_end")
         except BaseException:
-            self.sink.stop()
+            if playing:
+                self.sink.stop()
             raise
-        if started.is_set():
-            self.tracer.emit("playback_end")
+
+
+@dataclass
+class Turn:
+    """One question being answered; `confirmed` is set once the question has surely ended."""
+
+    task: asyncio.Task[None]
+    tracer: HeldTracer
+    confirmed: asyncio.Event
+
+    def confirm(self) -> None:
+        """The question has ended: let the turn's events into the trace and its answer be heard."""
+        self.tracer.release()
+        self.confirmed.set()
 
 
 class Pipeline:
-    """The assistant: hears the source, answers through the sink, one turn at a time."""
+    """The assistant: hears the source, answers through the sink, one turn at a time.
+
+    Work on the answer starts early, at the first pause in the question (vad.early_start_s), while
+    the endpointer waits out its hangover. If the person goes on talking, that early turn is
+    cancelled and forgotten; if the pause was the end, its answer is already on its way.
+    """
 
     def __init__(
         self, engines: Engines, source: AudioSource, sink: AudioSink, tracer: Tracer, streaming: bool = True
@@ -232,7 +271,7 @@ class Pipeline:
         self.responder = Responder(
             engines, sink, tracer, on_speaking=lambda: self._set_state(State.SPEAKING), streaming=streaming
         )
-        self._turn: asyncio.Task[None] | None = None
+        self._turn: Turn | None = None
 
     async def run(self) -> None:
         """Listen until the input ends, then finish the last turn; cancelling stops everything."""
@@ -247,12 +286,12 @@ class Pipeline:
 
     async def cancel_turn(self) -> None:
         """Stop the current turn wherever it is: generation, synthesis and playback."""
-        turn = self._turn
-        if turn is None or turn.done():
+        turn, self._turn = self._turn, None
+        if turn is None or turn.task.done():
             return
-        turn.cancel()
+        turn.task.cancel()
         try:
-            await asyncio.wait_for(asyncio.gather(turn, return_exceptions=True), CANCEL_TIMEOUT_S)
+            await asyncio.wait_for(asyncio.gather(turn.task, return_exceptions=True), CANCEL_TIMEOUT_S)
         except TimeoutError:
             log.error("turn did not stop within %.0f s of being cancelled", CANCEL_TIMEOUT_S)
 
@@ -264,7 +303,7 @@ class Pipeline:
         if detection is not None:
             await self._on_wake(detection)
         for endpoint in endpoints:
-            self._on_endpoint(endpoint)
+            await self._on_endpoint(endpoint)
 
     def _analyse(self, chunk: AudioChunk, listening: bool) -> tuple[WakeDetection | None, list[Endpoint]]:
         """Runs on the listen worker: the wake word always, the VAD while a question is awaited."""
@@ -283,47 +322,69 @@ class Pipeline:
         await self.engines.listen_worker.run(self.engines.endpointer.begin, detection.heard_at)
         self._set_state(State.LISTENING)
 
-    def _on_endpoint(self, endpoint: Endpoint) -> None:
-        if endpoint.kind is EndpointKind.SPEECH_START:
+    async def _on_endpoint(self, endpoint: Endpoint) -> None:
+        endpointer = self.engines.endpointer
+        assert endpointer is not None
+        kind = endpoint.kind
+        if kind is EndpointKind.SPEECH_START:
             self.tracer.emit("speech_start", t=endpoint.at)
-            return
-        if endpoint.kind is EndpointKind.NO_SPEECH:
+        elif kind is EndpointKind.PAUSE:
+            assert endpointer.candidate is not None
+            await self.cancel_turn()
+            self._turn = self._start_turn(endpointer.candidate.audio, confirmed=False)
+        elif kind is EndpointKind.RESUME:
+            log.debug("speech resumed: dropping the early answer")
+            await self.cancel_turn()
+        elif kind is EndpointKind.NO_SPEECH:
             log.info("nobody spoke after the wake word")
             self.tracer.emit("turn_end", reason="no_speech")
             self._set_state(State.IDLE)
-            return
-        delay = self.tracer.clock.now() - endpoint.at
-        self.tracer.emit("speech_end", t=endpoint.at, endpoint_delay_s=round(delay, 4), reason=endpoint.kind.value)
-        utterance = self.engines.endpointer.utterance if self.engines.endpointer else None
-        assert utterance is not None
-        self._set_state(State.THINKING)
-        self._turn = asyncio.create_task(self._run_turn(utterance.audio), name="turn")
+        else:
+            delay = self.tracer.clock.now() - endpoint.at
+            self.tracer.emit("speech_end", t=endpoint.at, endpoint_delay_s=round(delay, 4), reason=kind.value)
+            self._set_state(State.THINKING)
+            if self._turn is not None and not self._turn.confirmed.is_set():
+                # Nothing was said since the pause that started this turn, so its question is the final one.
+                self._turn.confirm()
+            else:
+                assert endpointer.utterance is not None
+                self._turn = self._start_turn(endpointer.utterance.audio, confirmed=True)
+
+    def _start_turn(self, audio: np.ndarray, confirmed: bool) -> Turn:
+        tracer = HeldTracer(self.tracer, released=confirmed)
+        gate = asyncio.Event()
+        if confirmed:
+            gate.set()
+        task = asyncio.create_task(self._run_turn(audio, tracer, gate), name="turn")
+        return Turn(task, tracer, gate)
 
     async def _input_ended(self) -> None:
         if self.state is State.LISTENING:
             assert self.engines.listen_worker is not None and self.engines.endpointer is not None
             endpoint = await self.engines.listen_worker.run(self.engines.endpointer.finish_now)
             if endpoint is None:
+                await self.cancel_turn()
                 self.tracer.emit("turn_end", reason="no_speech")
                 self._set_state(State.IDLE)
             else:
-                self._on_endpoint(endpoint)
+                await self._on_endpoint(endpoint)
         if self._turn is not None:
-            await asyncio.gather(self._turn, return_exceptions=True)
+            await asyncio.gather(self._turn.task, return_exceptions=True)
 
-    async def _run_turn(self, audio: np.ndarray) -> None:
+    async def _run_turn(self, audio: np.ndarray, tracer: HeldTracer, confirmed: asyncio.Event) -> None:
         reason = "answered"
         try:
             transcriber, asr_worker = self.engines.transcriber, self.engines.asr_worker
             assert transcriber is not None and asr_worker is not None
+            started = tracer.clock.now()
             transcript = await asr_worker.run(transcriber.transcribe, audio)
-            self.tracer.emit("transcript", text=transcript.text, language=transcript.language)
+            asr_s = round(tracer.clock.now() - started, 4)
+            tracer.emit("transcript", text=transcript.text, language=transcript.language, asr_s=asr_s)
             if not transcript.text:
                 reason = "no_transcript"
                 return
-            log.info("heard: %s", transcript.text)
-            reply = await self.responder.respond(transcript.text)
-            log.info("replied: %s", reply)
+            reply = await self.responder.respond(transcript.text, tracer=tracer, may_speak=confirmed)
+            log.info("heard: %s / replied: %s", transcript.text, reply)
         except asyncio.CancelledError:
             reason = "cancelled"
             raise
@@ -335,11 +396,13 @@ class Pipeline:
             log.error("turn failed: %s: %s", type(error).__name__, error)
             log.debug("turn failure details", exc_info=True)
         finally:
-            self.tracer.emit("turn_end", reason=reason)
-            self._set_state(State.IDLE)
+            if reason != "cancelled":
+                await confirmed.wait()  # An early turn ends only once its question has.
+            tracer.emit("turn_end", reason=reason)
+            if confirmed.is_set():
+                self._set_state(State.IDLE)
 
     def _set_state(self, state: State) -> None:
         log.info("state: %s -> %s", self.state.value, state.value)
         self.state = state
         self.tracer.emit("state", state=state.value)
-

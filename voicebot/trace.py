@@ -39,3 +39,31 @@ class Tracer:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class HeldTracer:
+    """A turn's view of the trace: events wait until the turn is confirmed, and vanish if it never is.
+
+    A turn started early, during a pause, may be dropped when the person goes on talking; its
+    events must not appear in the trace as if it had happened.
+    """
+
+    def __init__(self, tracer: Tracer, released: bool = False) -> None:
+        self.tracer = tracer
+        self.clock = tracer.clock
+        self.released = released
+        self._held: list[tuple[str, float, dict[str, Any]]] = []
+
+    def emit(self, event: str, t: float | None = None, **fields: Any) -> None:
+        """Record an event, or hold it until release()."""
+        if self.released:
+            self.tracer.emit(event, t, **fields)
+        else:
+            self._held.append((event, self.clock.now() if t is None else t, fields))
+
+    def release(self) -> None:
+        """Write the held events, with the times they happened, and pass later ones straight through."""
+        self.released = True
+        for event, t, fields in self._held:
+            self.tracer.emit(event, t, **fields)
+        self._held.clear()

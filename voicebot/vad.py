@@ -65,6 +65,10 @@ class EndpointKind(enum.Enum):
     """What the endpointer decided."""
 
     SPEECH_START = "speech_start"
+    PAUSE = "pause"
+    """Silence long enough to start working on an answer early, but not yet the end."""
+    RESUME = "resume"
+    """Speech again after a PAUSE: the early answer is for an unfinished question."""
     SPEECH_END = "speech_end"
     MAX_LENGTH = "max_length"
     NO_SPEECH = "no_speech"
@@ -113,7 +117,11 @@ class Endpointer:
         self._speech_start_at = 0.0
         self._last_speech_sample = 0
         self._last_speech_at = at
+        self._paused = False
         self.utterance: Utterance | None = None
+        """The finished question, once SPEECH_END or MAX_LENGTH has been decided."""
+        self.candidate: Utterance | None = None
+        """The question as heard up to the latest PAUSE."""
 
     def process(self, chunk: AudioChunk) -> list[Endpoint]:
         """Feed audio heard after the wake word; returns the decisions it led to, in order."""
@@ -151,12 +159,20 @@ class Endpointer:
             return None
         if probability >= self._silence_threshold:
             self._last_speech_sample, self._last_speech_at = sample, at
+            if self._paused:
+                self._paused = False
+                return Endpoint(EndpointKind.RESUME, at)
         if at - self._speech_start_at >= config.max_utterance_s:
             self._finish(sample, at)
             return Endpoint(EndpointKind.MAX_LENGTH, at)
-        if at - self._last_speech_at >= config.hangover_s:
+        silence_s = at - self._last_speech_at
+        if silence_s >= config.hangover_s:
             self._finish(self._last_speech_sample, self._last_speech_at)
             return Endpoint(EndpointKind.SPEECH_END, self._last_speech_at)
+        if 0 < config.early_start_s <= silence_s and not self._paused:
+            self._paused = True
+            self.candidate = self._heard(self._last_speech_sample, self._last_speech_at)
+            return Endpoint(EndpointKind.PAUSE, self._last_speech_at)
         return None
 
     def finish_now(self) -> Endpoint | None:
@@ -166,10 +182,14 @@ class Endpointer:
         self._finish(self._last_speech_sample, self._last_speech_at)
         return Endpoint(EndpointKind.SPEECH_END, self._last_speech_at)
 
-    def _finish(self, end_sample: int, end_at: float) -> None:
+    def _heard(self, end_sample: int, end_at: float) -> Utterance:
         audio = np.concatenate(self._recorded) if self._recorded else np.zeros(0, np.float32)
+        self._recorded = [audio]
         assert self._speech_start_sample is not None
         start = max(0, self._speech_start_sample - int(PRE_ROLL_S * INPUT_RATE_HZ))
         end = min(len(audio), end_sample + int(TAIL_S * INPUT_RATE_HZ))
-        self.utterance = Utterance(audio[start:end].copy(), self._speech_start_at, end_at)
+        return Utterance(audio[start:end].copy(), self._speech_start_at, end_at)
+
+    def _finish(self, end_sample: int, end_at: float) -> None:
+        self.utterance = self._heard(end_sample, end_at)
         self._recorded = []
