@@ -124,9 +124,7 @@ class PulseDaemon:
     def pactl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         env = {**os.environ, **self.client_env}
         env.pop("PULSE_SERVER", None)
-        result = subprocess.run(
-            ["pactl", *args], env=env, capture_output=True, text=True, timeout=5, check=False
-        )
+        result = subprocess.run(["pactl", *args], env=env, capture_output=True, text=True, timeout=5, check=False)
         if check and result.returncode != 0:
             raise PulseStartError(f"pactl {' '.join(args)} failed: {result.stderr.strip()}")
         return result

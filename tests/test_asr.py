@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import espeak, shared_clip
+
 from voicebot.asr import Transcriber, is_junk
 from voicebot.audio import INPUT_RATE_HZ, read_wav
 from voicebot.config import AsrConfig, config_from_dict
@@ -75,7 +75,11 @@ def test_a_whisper_loop_is_dropped(speech_dir):
     # espeak-ng's Mandarin is too robotic for Whisper base, which loops on it ("天天天天..."):
     # exactly the failure the compression-ratio guard exists for.
     zh = transcriber("zh")
-    audio = read_wav(espeak("今天天气很好", speech_dir, voice="cmn-latn-pinyin", speed=120)).resampled(INPUT_RATE_HZ).samples
+    audio = (
+        read_wav(espeak("今天天气很好", speech_dir, voice="cmn-latn-pinyin", speed=120))
+        .resampled(INPUT_RATE_HZ)
+        .samples
+    )
 
     assert len(zh.transcribe(audio).text) < 20
 

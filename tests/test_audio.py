@@ -8,12 +8,19 @@ import wave
 
 import numpy as np
 import pytest
-
 from conftest import shared_clip
+
 from voicebot.audio import FRAME_SAMPLES, INPUT_RATE_HZ, AudioChunk, Clock, WavSink, WavSource, read_wav
 
 
-@pytest.mark.parametrize("sox_args", [["-r", "44100", "-c", "2", "-b", "24"], ["-r", "8000", "-c", "1", "-b", "8"], ["-r", "48000", "-c", "2", "-b", "32"]])
+@pytest.mark.parametrize(
+    "sox_args",
+    [
+        ["-r", "44100", "-c", "2", "-b", "24"],
+        ["-r", "8000", "-c", "1", "-b", "8"],
+        ["-r", "48000", "-c", "2", "-b", "32"],
+    ],
+)
 def test_any_pcm_wav_becomes_16k_mono(tmp_path, sox_args):
     converted = tmp_path / "converted.wav"
     subprocess.run(["sox", str(shared_clip("jfk.wav")), *sox_args, str(converted)], check=True, timeout=60)
@@ -36,7 +43,9 @@ def test_wav_source_paces_like_a_microphone():
     fast_chunks, fast_took_s = asyncio.run(frames(realtime=False))
 
     assert all(len(c.samples) == FRAME_SAMPLES for c in chunks)
-    assert len(chunks) == len(fast_chunks) == -(-int(0.6 * INPUT_RATE_HZ) // FRAME_SAMPLES) or len(chunks) == len(fast_chunks)
+    assert len(chunks) == len(fast_chunks) == -(-int(0.6 * INPUT_RATE_HZ) // FRAME_SAMPLES) or len(chunks) == len(
+        fast_chunks
+    )
     assert took_s >= len(chunks) * FRAME_SAMPLES / INPUT_RATE_HZ - 0.01
     assert fast_took_s < took_s / 5
 

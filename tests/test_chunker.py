@@ -56,7 +56,11 @@ CASES = [
         "今天天气很好。我们去公园吧！你想去吗？好的；走吧。",
         ["今天天气很好。", "我们去公园吧！", "你想去吗？", "好的；", "走吧。"],
     ),
-    ("chinese_quotes", "他说：“你好。”然后走了。「好的！」他笑了。", ["他说：“你好。”", "然后走了。", "「好的！」", "他笑了。"]),
+    (
+        "chinese_quotes",
+        "他说：“你好。”然后走了。「好的！」他笑了。",
+        ["他说：“你好。”", "然后走了。", "「好的！」", "他笑了。"],
+    ),
     (
         "mixed",
         "我喜欢 Python. It is easy to learn. 你呢？Python很好用!我每天都用。",
@@ -119,7 +123,11 @@ CASES = [
     ),
     ("number_mid_line", "I counted to 10. Then I stopped.", ["I counted to 10.", "Then I stopped."]),
     ("bullets", "You need:\n- eggs\n- milk\n* flour\n+ sugar", ["You need:", "eggs", "milk", "flour", "sugar"]),
-    ("ellipsis", "Well... I think so. 嗯…… 好吧。我……不知道。", ["Well...", "I think so.", "嗯……", "好吧。", "我……不知道。"]),
+    (
+        "ellipsis",
+        "Well... I think so. 嗯…… 好吧。我……不知道。",
+        ["Well...", "I think so.", "嗯……", "好吧。", "我……不知道。"],
+    ),
     (
         "closing_quotes",
         'He said "Stop!" She stopped. (Really?) Yes. What?! No way!!! Okay.',
@@ -175,14 +183,23 @@ CASES = [
     (
         "early_first_piece_chinese",
         LONG_CHINESE,
-        ["我们今天先去超市买一些新鲜的水果和蔬菜，然后回家洗干净切好放进冰箱里面保存起来，", "晚上再请几位好朋友一起来家里吃饭聊天喝茶，最后大家一起看一部有趣的电影。"],
+        [
+            "我们今天先去超市买一些新鲜的水果和蔬菜，然后回家洗干净切好放进冰箱里面保存起来，",
+            "晚上再请几位好朋友一起来家里吃饭聊天喝茶，最后大家一起看一部有趣的电影。",
+        ],
     ),
     ("short_first_sentence_whole", "Yes, sure, of course. Fine.", ["Yes, sure, of course.", "Fine."]),
     ("cap_chinese_without_punctuation", "中文" * 300, ["中文" * 125, "中文" * 125, "中文" * 50]),
 ]
 
 SIZED_CASES = [
-    ("hard_cap_chinese", 60, 20, "一二三四五六七八九十" * 5, ["一二三四五六七八九十" * 2] * 2 + ["一二三四五六七八九十"]),
+    (
+        "hard_cap_chinese",
+        60,
+        20,
+        "一二三四五六七八九十" * 5,
+        ["一二三四五六七八九十" * 2] * 2 + ["一二三四五六七八九十"],
+    ),
     (
         "cap_at_last_space",
         60,
@@ -204,7 +221,13 @@ SIZED_CASES = [
         "Well, I guess we could go to the beach, or maybe the park. Or not.",
         ["Well, I guess we could go to the beach,", "or maybe the park.", "Or not."],
     ),
-    ("early_piece_chinese_min_length", 10, 250, "我们先去超市，然后回家做饭，好吗？", ["我们先去超市，然后回家做饭，", "好吗？"]),
+    (
+        "early_piece_chinese_min_length",
+        10,
+        250,
+        "我们先去超市，然后回家做饭，好吗？",
+        ["我们先去超市，然后回家做饭，", "好吗？"],
+    ),
 ]
 
 

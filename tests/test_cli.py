@@ -5,7 +5,6 @@ from __future__ import annotations
 import wave
 
 import pytest
-
 from conftest import run_voicebot, shared_clip
 
 BUNDLED = ["--set", "profile=bundled"]
@@ -40,7 +39,17 @@ def test_say_writes_speech(tmp_path):
 def test_ask_prints_and_speaks_the_answer(tmp_path):
     out, trace = tmp_path / "ask.wav", tmp_path / "trace.jsonl"
 
-    result = run_voicebot("ask", *BUNDLED, "--set", "llm.seed=1", "What is the capital of France?", "--output", str(out), "--trace", str(trace))
+    result = run_voicebot(
+        "ask",
+        *BUNDLED,
+        "--set",
+        "llm.seed=1",
+        "What is the capital of France?",
+        "--output",
+        str(out),
+        "--trace",
+        str(trace),
+    )
 
     assert result.returncode == 0, result.stderr
     assert "paris" in result.stdout.lower()
@@ -125,7 +134,9 @@ def test_unknown_audio_device_is_one_line():
 
 
 def test_unwritable_trace_is_one_line(tmp_path):
-    line = one_line_error(run_voicebot("ask", *BUNDLED, "hi", "--trace", str(tmp_path / "no" / "such" / "dir.jsonl")), 70)
+    line = one_line_error(
+        run_voicebot("ask", *BUNDLED, "hi", "--trace", str(tmp_path / "no" / "such" / "dir.jsonl")), 70
+    )
 
     assert "cannot write trace file" in line
 

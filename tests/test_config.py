@@ -74,7 +74,7 @@ def docstrings() -> dict[str, str]:
         if not isinstance(node, ast.ClassDef):
             continue
         found[node.name] = ast.get_docstring(node)
-        for before, after in zip(node.body, node.body[1:]):
+        for before, after in zip(node.body, node.body[1:], strict=False):
             if (
                 isinstance(before, ast.AnnAssign)
                 and isinstance(after, ast.Expr)
@@ -87,7 +87,9 @@ def docstrings() -> dict[str, str]:
 
 def section_classes() -> dict[str, str]:
     """Section name -> the name of its dataclass, e.g. 'vad' -> 'VadConfig'."""
-    return {name: hint.__name__ for name, hint in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(hint)}
+    return {
+        name: hint.__name__ for name, hint in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(hint)
+    }
 
 
 def test_default_file_loads_to_exactly_the_defaults():
@@ -171,7 +173,7 @@ BAD_VALUES = {
     "unknown key, nothing close": (
         "vad:\n  threshold: 0.5\n  xyz: 1\n",
         3,
-        ["vad.xyz: unknown key", "allowed keys: threshold, hangover_s, max_utterance_s, no_speech_timeout_s"],
+        ["vad.xyz: unknown key", "allowed keys: threshold, hangover_s, early_start_s, max_utterance_s, no_speech_timeout_s"],
     ),
     "unknown section": (
         "profile: pi\nnetwork:\n  port: 80\n",
@@ -282,7 +284,10 @@ BAD_FILES = {
         "vad:\n  threshold: [0.5\n",
         "line 3, column 1: invalid YAML: expected ',' or ']'",
     ),
-    "bad YAML, two colons": ("profile: pi: bundled\n", "line 1, column 12: invalid YAML: mapping values are not allowed"),
+    "bad YAML, two colons": (
+        "profile: pi: bundled\n",
+        "line 1, column 12: invalid YAML: mapping values are not allowed",
+    ),
     "bad YAML, tab indent": ("vad:\n\thangover_s: 1\n", "line 2, column 1: invalid YAML: found character '\\t'"),
 }
 
@@ -298,9 +303,7 @@ def test_a_file_that_is_not_a_mapping_of_sections_is_a_one_line_error(tmp_path, 
 def test_a_missing_file_given_by_path_is_an_error(tmp_path):
     missing = tmp_path / "nowhere.yaml"
     message = config_error(missing)
-    assert message == (
-        f"config file {missing} does not exist; copy config/voicebot.yaml there or pass --config PATH"
-    )
+    assert message == (f"config file {missing} does not exist; copy config/voicebot.yaml there or pass --config PATH")
 
 
 def test_a_file_that_is_not_utf8_is_an_error(tmp_path):

@@ -8,10 +8,18 @@ import wave
 from pathlib import Path
 
 import pytest
-
 from conftest import build_wav, espeak, run_voicebot, shared_clip
 
-BUNDLED = ["--set", "profile=bundled", "--set", "llm.seed=3", "--set", "llm.temperature=0.2", "--set", "llm.max_reply_tokens=120"]
+BUNDLED = [
+    "--set",
+    "profile=bundled",
+    "--set",
+    "llm.seed=3",
+    "--set",
+    "llm.temperature=0.2",
+    "--set",
+    "llm.max_reply_tokens=120",
+]
 
 
 def read_trace(path: Path) -> list[dict]:
@@ -41,20 +49,30 @@ def whisper():
 
 
 CASES = [
-    pytest.param("alexa", lambda d: shared_clip("alexa_real.wav"), "Why is the sky blue?", {"blue", "sky"}, id="real-alexa"),
     pytest.param(
-        "hey_jarvis", lambda d: espeak("hey jarvis", d), "How do plants make food?", {"make", "food"}, id="espeak-hey-jarvis"
+        "alexa", lambda d: shared_clip("alexa_real.wav"), "Why is the sky blue?", {"blue", "sky"}, id="real-alexa"
+    ),
+    pytest.param(
+        "hey_jarvis",
+        lambda d: espeak("hey jarvis", d),
+        "How do plants make food?",
+        {"make", "food"},
+        id="espeak-hey-jarvis",
     ),
 ]
 
 
 @pytest.mark.parametrize("wake_model, wake_clip, question, question_words", CASES)
-def test_spoken_question_gets_a_spoken_answer(tmp_path, speech_dir, whisper, wake_model, wake_clip, question, question_words):
+def test_spoken_question_gets_a_spoken_answer(
+    tmp_path, speech_dir, whisper, wake_model, wake_clip, question, question_words
+):
     wav = build_wav(tmp_path / "input.wav", [1.0, wake_clip(speech_dir), 0.3, espeak(question, speech_dir), 2.5])
     out, trace_path = tmp_path / "reply.wav", tmp_path / "trace.jsonl"
     wake_args = [] if wake_model == "hey_jarvis" else ["--set", f"wake.models=[{wake_model}]"]
 
-    result = run_voicebot("run", *BUNDLED, *wake_args, "--input", str(wav), "--output", str(out), "--trace", str(trace_path))
+    result = run_voicebot(
+        "run", *BUNDLED, *wake_args, "--input", str(wav), "--output", str(out), "--trace", str(trace_path)
+    )
 
     assert result.returncode == 0, result.stderr
     events = read_trace(trace_path)
@@ -66,7 +84,16 @@ def test_spoken_question_gets_a_spoken_answer(tmp_path, speech_dir, whisper, wak
     # Speech starts while the LLM is still writing the rest of the answer.
     assert first(events, "playback_start")["t"] < first(events, "llm_done")["t"]
     # The answer may be started at the first pause, before speech_end is decided, but is heard only after it.
-    order = ("wake", "speech_start", "transcript", "llm_first_token", "tts_first_audio", "playback_start", "playback_end", "turn_end")
+    order = (
+        "wake",
+        "speech_start",
+        "transcript",
+        "llm_first_token",
+        "tts_first_audio",
+        "playback_start",
+        "playback_end",
+        "turn_end",
+    )
     times = [first(events, name)["t"] for name in order]
     assert times == sorted(times), times
     assert first(events, "speech_end")["t"] <= first(events, "playback_start")["t"]
@@ -85,7 +112,9 @@ def test_spoken_question_gets_a_spoken_answer(tmp_path, speech_dir, whisper, wak
 def test_speech_without_the_wake_word_gets_no_reply(tmp_path, clip):
     out, trace_path = tmp_path / "reply.wav", tmp_path / "trace.jsonl"
 
-    result = run_voicebot("run", *BUNDLED, "--fast", "--input", str(shared_clip(clip)), "--output", str(out), "--trace", str(trace_path))
+    result = run_voicebot(
+        "run", *BUNDLED, "--fast", "--input", str(shared_clip(clip)), "--output", str(out), "--trace", str(trace_path)
+    )
 
     assert result.returncode == 0, result.stderr
     events = {e["event"] for e in read_trace(trace_path)}
@@ -99,7 +128,17 @@ def test_wake_word_then_silence_times_out_quietly(tmp_path, speech_dir):
     trace_path = tmp_path / "trace.jsonl"
 
     result = run_voicebot(
-        "run", *BUNDLED, "--set", "vad.no_speech_timeout_s=2", "--fast", "--input", str(wav), "--output", str(tmp_path / "o.wav"), "--trace", str(trace_path)
+        "run",
+        *BUNDLED,
+        "--set",
+        "vad.no_speech_timeout_s=2",
+        "--fast",
+        "--input",
+        str(wav),
+        "--output",
+        str(tmp_path / "o.wav"),
+        "--trace",
+        str(trace_path),
     )
 
     assert result.returncode == 0, result.stderr
@@ -111,13 +150,33 @@ def test_wake_word_then_silence_times_out_quietly(tmp_path, speech_dir):
 
 def test_a_pause_mid_question_drops_the_early_answer(tmp_path, speech_dir):
     # The 0.45 s pause is past vad.early_start_s (work on an answer starts) but short of the hangover.
-    parts = [1.0, espeak("hey jarvis", speech_dir), 0.3, espeak("What is the capital", speech_dir), 0.45, espeak("of Germany?", speech_dir), 2.5]
+    parts = [
+        1.0,
+        espeak("hey jarvis", speech_dir),
+        0.3,
+        espeak("What is the capital", speech_dir),
+        0.45,
+        espeak("of Germany?", speech_dir),
+        2.5,
+    ]
     wav = build_wav(tmp_path / "input.wav", parts)
     trace_path = tmp_path / "trace.jsonl"
 
     result = run_voicebot(
-        "run", *BUNDLED, "--set", "vad.hangover_s=1.0", "--set", "vad.early_start_s=0.2",
-        "--input", str(wav), "--output", str(tmp_path / "o.wav"), "--trace", str(trace_path), "--log-level", "DEBUG",
+        "run",
+        *BUNDLED,
+        "--set",
+        "vad.hangover_s=1.0",
+        "--set",
+        "vad.early_start_s=0.2",
+        "--input",
+        str(wav),
+        "--output",
+        str(tmp_path / "o.wav"),
+        "--trace",
+        str(trace_path),
+        "--log-level",
+        "DEBUG",
     )
 
     assert result.returncode == 0, result.stderr

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, build_wav, espeak, shared_clip
 
 try:
@@ -144,9 +143,7 @@ def test_live_microphone_and_speaker_answer_a_spoken_question(tmp_path, speech_d
         assert bot.process.poll() is None, f"voicebot exited with {bot.process.returncode}:\n{bot.stderr}"
 
         played_at = time.monotonic()
-        subprocess.run(
-            ["paplay", f"--device={SINK}", str(wav)], env=env, check=True, timeout=30, capture_output=True
-        )
+        subprocess.run(["paplay", f"--device={SINK}", str(wav)], env=env, check=True, timeout=30, capture_output=True)
 
         deadline = played_at + TURN_TIMEOUT_S
         while "turn_end" not in names(events := read_trace(trace_path)):
@@ -166,14 +163,18 @@ def test_live_microphone_and_speaker_answer_a_spoken_question(tmp_path, speech_d
         try:
             code = bot.process.wait(timeout=EXIT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"voicebot still running {EXIT_TIMEOUT_S:.0f} s after SIGTERM:\n{bot.stderr}") from None
+            raise AssertionError(
+                f"voicebot still running {EXIT_TIMEOUT_S:.0f} s after SIGTERM:\n{bot.stderr}"
+            ) from None
         stop_s = time.monotonic() - stopping_at
     finally:
         bot.close()
 
     stderr, stdout = bot.stderr, bot.stdout()
-    print(f"live: {ready_line.strip()!r} after {ready_s:.1f} s wall; turn ended {turn_s:.1f} s after paplay began; "
-          f"exited {stop_s:.2f} s after SIGTERM")
+    print(
+        f"live: {ready_line.strip()!r} after {ready_s:.1f} s wall; turn ended {turn_s:.1f} s after paplay began; "
+        f"exited {stop_s:.2f} s after SIGTERM"
+    )
     assert code == 0, f"exit code {code} after SIGTERM:\n{stderr}"
     assert "Traceback" not in stderr + stdout, stderr + stdout
 

@@ -53,7 +53,9 @@ def busy_threads_while_generating(cores: tuple[int, ...]) -> tuple[dict[int, set
         future = worker.submit(lambda: "".join(chat.stream(messages)))
         time.sleep(0.3)  # Let generation get going, then look while it runs.
         during = thread_cpu_ticks()
-        allowed = {tid: cpus_allowed(tid) for tid, ticks in during.items() if ticks > before.get(tid, 0) and tid != main_thread}
+        allowed = {
+            tid: cpus_allowed(tid) for tid, ticks in during.items() if ticks > before.get(tid, 0) and tid != main_thread
+        }
         reply = future.result(timeout=120)
         assert not future.running() and reply
         return allowed, worker.thread_id, chat
@@ -91,8 +93,8 @@ def test_a_core_that_does_not_exist_is_refused():
 
 
 def test_onnx_sessions_have_explicit_thread_counts():
-    from voicebot.tts import _load_voice
     from voicebot.models import resolve_voices
+    from voicebot.tts import _load_voice
     from voicebot.vad import SileroVad
 
     voice = _load_voice(resolve_voices(config_from_dict({"profile": "bundled"}))["en"], threads=1)

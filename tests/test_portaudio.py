@@ -101,7 +101,7 @@ class Recorder:
         except AudioDeviceError as error:
             self.error = error
 
-    async def wait_frames(self, count: int, timeout: float) -> None:
+    async def wait_frames(self, count: int, timeout: float) -> None:  # noqa: ASYNC109 - polls a deadline
         """Wait until `count` more chunks have arrived."""
         target = len(self.chunks) + count
         deadline = time.monotonic() + timeout
@@ -112,7 +112,7 @@ class Recorder:
                 raise AssertionError(f"only {len(self.chunks)} of {target} microphone frames after {timeout} s")
             await asyncio.sleep(0.02)
 
-    async def wait_until_loud(self, timeout: float) -> None:
+    async def wait_until_loud(self, timeout: float) -> None:  # noqa: ASYNC109 - polls a deadline
         deadline = time.monotonic() + timeout
         while not self.chunks or rms(self.chunks[-1].samples[-WINDOW:]) < LOUD:
             if time.monotonic() > deadline:
@@ -254,8 +254,10 @@ def test_stop_silences_the_reply_quickly(pulse):
     loud = np.flatnonzero(env > LOUD)
     heard_s = (loud[-1] - loud[0] + 1) * WINDOW / INPUT_RATE_HZ
     silenced_after = window_times[loud[-1]] - stopped_at
-    print(f"stop: tone heard for {heard_s:.2f} s, silent {silenced_after * 1000:.0f} ms after stop() in capture time "
-          f"(output latency {latency * 1000:.0f} ms), drain() after stop took {drained_in * 1000:.0f} ms")
+    print(
+        f"stop: tone heard for {heard_s:.2f} s, silent {silenced_after * 1000:.0f} ms after stop() in capture time "
+        f"(output latency {latency * 1000:.0f} ms), drain() after stop took {drained_in * 1000:.0f} ms"
+    )
     assert heard_s < 2.0, f"the 4 s reply was heard for {heard_s:.2f} s despite stop()"
     assert silenced_after < 0.5 + latency, f"still loud {silenced_after:.2f} s after stop()"
     # From then on the output is silent, not just quieter.
@@ -287,7 +289,7 @@ def test_unknown_device_is_named_with_the_choices(pulse):
 
 
 def test_ambiguous_device_name_is_one_line(pulse):
-    """"e" is in both 'pulse' and 'default': the error must still be one line, with the choices."""
+    """ "e" is in both 'pulse' and 'default': the error must still be one line, with the choices."""
     with pytest.raises(AudioDeviceError) as speaker:
         SpeakerSink("e", Clock())
     message = str(speaker.value)
@@ -332,8 +334,10 @@ def test_killing_pulseaudio_ends_the_microphone_and_speaker_with_an_error(pulse)
 
     frames_after = len(recorder.chunks) - frames_before
     microphone = f"ended with {recorder.error!r}" if ended else "still waiting"
-    print(f"kill: {frames_before} frames before, {frames_after} after; microphone {microphone} "
-          f"{mic_ended_at - killed_at:.2f} s after; speaker drain: {speaker_error!r}")
+    print(
+        f"kill: {frames_before} frames before, {frames_after} after; microphone {microphone} "
+        f"{mic_ended_at - killed_at:.2f} s after; speaker drain: {speaker_error!r}"
+    )
     assert ended, f"frames() neither yielded nor failed for 8 s after the kill ({frames_after} frames after it)"
     assert isinstance(recorder.error, AudioDeviceError), recorder.error
     assert "\n" not in str(recorder.error)

@@ -18,7 +18,13 @@ def synthesizer() -> Synthesizer:
 
 @pytest.mark.parametrize(
     "text, language",
-    [("Hello there.", "en"), ("你好，今天天气很好。", "zh"), ("我喜欢Python编程。", "zh"), ("I love 北京 in spring.", "en"), ("3.14", "en")],
+    [
+        ("Hello there.", "en"),
+        ("你好，今天天气很好。", "zh"),
+        ("我喜欢Python编程。", "zh"),
+        ("I love 北京 in spring.", "en"),
+        ("3.14", "en"),
+    ],
 )
 def test_language_of(text, language):
     assert language_of(text) == language
@@ -53,7 +59,9 @@ def test_text_with_nothing_to_say_gives_no_audio(synthesizer, text):
     assert list(synthesizer.synthesize(text)) == []
 
 
-@pytest.mark.parametrize("text", ["a" * 2000, "Ünïcödé façade — naïve café.", "123456789012345678901234567890", "\x00\x07 odd control chars"])
+@pytest.mark.parametrize(
+    "text", ["a" * 2000, "Ünïcödé façade — naïve café.", "123456789012345678901234567890", "\x00\x07 odd control chars"]
+)
 def test_odd_text_is_spoken_without_error(synthesizer, text):
     chunks = list(synthesizer.synthesize(text))
     assert chunks and all(np.isfinite(c.samples).all() for c in chunks)

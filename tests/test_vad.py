@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-
 from conftest import build_wav, espeak, shared_clip, speech_span
+
 from voicebot.audio import FRAME_SAMPLES, INPUT_RATE_HZ, AudioChunk, read_wav
 from voicebot.config import VadConfig
-from voicebot.vad import EndpointKind, Endpointer, SileroVad
+from voicebot.vad import Endpointer, EndpointKind, SileroVad
 
 
 def endpoints_for(path, config: VadConfig) -> tuple[list, Endpointer]:
@@ -16,7 +16,9 @@ def endpoints_for(path, config: VadConfig) -> tuple[list, Endpointer]:
     endpointer.begin(0.0)
     found = []
     for start in range(0, len(samples) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
-        chunk = AudioChunk(samples[start : start + FRAME_SAMPLES], INPUT_RATE_HZ, (start + FRAME_SAMPLES) / INPUT_RATE_HZ)
+        chunk = AudioChunk(
+            samples[start : start + FRAME_SAMPLES], INPUT_RATE_HZ, (start + FRAME_SAMPLES) / INPUT_RATE_HZ
+        )
         found += endpointer.process(chunk)
     return found, endpointer
 
@@ -37,17 +39,26 @@ def test_question_start_and_end_are_found(tmp_path, speech_dir):
 
 
 def test_short_pause_inside_a_question_does_not_end_it(tmp_path, speech_dir):
-    wav = build_wav(tmp_path / "in.wav", [0.5, espeak("Tell me", speech_dir), 0.35, espeak("a joke about cats", speech_dir), 2.0])
+    wav = build_wav(
+        tmp_path / "in.wav", [0.5, espeak("Tell me", speech_dir), 0.35, espeak("a joke about cats", speech_dir), 2.0]
+    )
 
     found, endpointer = endpoints_for(wav, VadConfig(hangover_s=0.7, early_start_s=0.2))
 
-    start, pause, resume, end = EndpointKind.SPEECH_START, EndpointKind.PAUSE, EndpointKind.RESUME, EndpointKind.SPEECH_END
+    start, pause, resume, end = (
+        EndpointKind.SPEECH_START,
+        EndpointKind.PAUSE,
+        EndpointKind.RESUME,
+        EndpointKind.SPEECH_END,
+    )
     assert [e.kind for e in found] == [start, pause, resume, pause, end]
     assert endpointer.utterance.seconds > 2.0  # Both halves of the question.
 
 
 def test_early_start_can_be_turned_off(tmp_path, speech_dir):
-    wav = build_wav(tmp_path / "in.wav", [0.5, espeak("Tell me", speech_dir), 0.35, espeak("a joke about cats", speech_dir), 2.0])
+    wav = build_wav(
+        tmp_path / "in.wav", [0.5, espeak("Tell me", speech_dir), 0.35, espeak("a joke about cats", speech_dir), 2.0]
+    )
 
     found, _ = endpoints_for(wav, VadConfig(hangover_s=0.7, early_start_s=0))
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import build_wav, espeak, shared_clip
+
 from voicebot.audio import FRAME_SAMPLES, INPUT_RATE_HZ, AudioChunk, read_wav
 from voicebot.config import WakeConfig
 from voicebot.errors import ConfigError, ModelNotFoundError
@@ -15,7 +15,9 @@ def detections(detector: WakeWordDetector, path) -> list:
     samples = read_wav(path).resampled(INPUT_RATE_HZ).samples
     found = []
     for start in range(0, len(samples) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
-        chunk = AudioChunk(samples[start : start + FRAME_SAMPLES], INPUT_RATE_HZ, (start + FRAME_SAMPLES) / INPUT_RATE_HZ)
+        chunk = AudioChunk(
+            samples[start : start + FRAME_SAMPLES], INPUT_RATE_HZ, (start + FRAME_SAMPLES) / INPUT_RATE_HZ
+        )
         if (detection := detector.process(chunk)) is not None:
             found.append(detection)
     return found

@@ -97,7 +97,11 @@ class Transcriber:
             if segment.no_speech_prob > self.config.no_speech_prob_max:
                 log.info("dropped segment %r: no_speech_prob %.2f", segment.text, segment.no_speech_prob)
             elif segment.compression_ratio > MAX_COMPRESSION_RATIO:
-                log.info("dropped segment %r: repeats itself (compression %.1f)", segment.text[:40], segment.compression_ratio)
+                log.info(
+                    "dropped segment %r: repeats itself (compression %.1f)",
+                    segment.text[:40],
+                    segment.compression_ratio,
+                )
             elif segment.avg_logprob < self.config.avg_logprob_min:
                 log.info("dropped segment %r: avg_logprob %.2f", segment.text, segment.avg_logprob)
             else:

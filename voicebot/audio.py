@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import struct
 import logging
+import struct
 import threading
 import time
 import wave
@@ -307,7 +307,7 @@ class WavSink:
         self.realtime = realtime
         self.rate_hz = rate_hz
         try:
-            self._wav = wave.open(str(self.path), "wb")
+            self._wav = wave.open(str(self.path), "wb")  # noqa: SIM115 - open for the sink's life, closed in close()
         except OSError as error:
             raise AudioDeviceError(f"cannot write output WAV {self.path}: {describe_os_error(error)}") from None
         self._wav.setnchannels(1)
@@ -355,7 +355,9 @@ class WavSink:
             if played < chunk.seconds and not cut:
                 break
             self._pending.popleft()
-            self._wav.writeframes(AudioChunk(chunk.samples[: int(played * self.rate_hz)], self.rate_hz).int16().tobytes())
+            self._wav.writeframes(
+                AudioChunk(chunk.samples[: int(played * self.rate_hz)], self.rate_hz).int16().tobytes()
+            )
         if cut:
             self._pending.clear()
 
@@ -372,7 +374,9 @@ class SpeakerSink:
             self.rate_hz = int(rate_hz or sd.query_devices(self.device, "output")["default_samplerate"])
         except Exception as error:
             if self.device is None:
-                raise AudioDeviceError("no speaker found; connect one, set audio.output_device, or use --output WAV") from None
+                raise AudioDeviceError(
+                    "no speaker found; connect one, set audio.output_device, or use --output WAV"
+                ) from None
             raise AudioDeviceError(f"cannot query speaker {self.device}: {error}") from None
         self._lock = threading.Lock()
         self._buffer: collections.deque[np.ndarray] = collections.deque()

@@ -103,13 +103,15 @@ def run_bench(config: Config, options: BenchOptions) -> dict[str, Any]:
         turns = _reference_turns(engines, config, options.turns)
         streaming = [asyncio.run(_run_turn(engines, turn, streaming=True)) for turn in turns]
         sequential = [asyncio.run(_run_turn(engines, turn, streaming=False)) for turn in turns]
-        floors = [_floor(engines, config, turn, events) for turn, events in zip(turns, streaming)]
-        idle_cpu = _listening_cpu_percent(engines, AudioChunk(np.zeros(int(options.idle_seconds * INPUT_RATE_HZ), np.float32), INPUT_RATE_HZ))
+        floors = [_floor(engines, config, turn, events) for turn, events in zip(turns, streaming, strict=True)]
+        idle_cpu = _listening_cpu_percent(
+            engines, AudioChunk(np.zeros(int(options.idle_seconds * INPUT_RATE_HZ), np.float32), INPUT_RATE_HZ)
+        )
         talk_cpu = _listening_cpu_percent(engines, _talk(engines, options.idle_seconds))
     finally:
         engines.close()
-    streaming_stages = [_stage_times(turn, events) for turn, events in zip(turns, streaming)]
-    sequential_stages = [_stage_times(turn, events) for turn, events in zip(turns, sequential)]
+    streaming_stages = [_stage_times(turn, events) for turn, events in zip(turns, streaming, strict=True)]
+    sequential_stages = [_stage_times(turn, events) for turn, events in zip(turns, sequential, strict=True)]
     first_audio = _median([s["first_audio_s"] for s in streaming_stages])
     sequential_first_audio = _median([s["first_audio_s"] for s in sequential_stages])
     floor = _median([f["total_s"] for f in floors])
@@ -239,7 +241,13 @@ def _floor(engines: Engines, config: Config, turn: ReferenceTurn, events: list[d
     llm_s, sentence = _timed(lambda: _first_sentence(engines, config, messages))
     tts_s, _ = _timed(lambda: engines.tts_worker.call(lambda: next(iter(engines.synthesizer.synthesize(sentence)))))
     total = config.vad.hangover_s + asr_s + llm_s + tts_s
-    return {"vad_hangover_s": config.vad.hangover_s, "asr_s": asr_s, "llm_first_sentence_s": llm_s, "tts_first_audio_s": tts_s, "total_s": total}
+    return {
+        "vad_hangover_s": config.vad.hangover_s,
+        "asr_s": asr_s,
+        "llm_first_sentence_s": llm_s,
+        "tts_first_audio_s": tts_s,
+        "total_s": total,
+    }
 
 
 def _first_sentence(engines: Engines, config: Config, messages: list[dict[str, str]]) -> str:
@@ -345,7 +353,9 @@ def _cell(summary: dict[str, Any]) -> str:
     return f"{summary['median']:.3f} ({summary['min']:.2f}–{summary['max']:.2f})"
 
 
-def plot_turn(turn: ReferenceTurn, streaming: list[dict[str, Any]], sequential: list[dict[str, Any]], path: Path) -> None:
+def plot_turn(
+    turn: ReferenceTurn, streaming: list[dict[str, Any]], sequential: list[dict[str, Any]], path: Path
+) -> None:
     """A timeline of one turn, streaming above sequential: each stage's span and where audio started."""
     try:
         import matplotlib
@@ -353,12 +363,17 @@ def plot_turn(turn: ReferenceTurn, streaming: list[dict[str, Any]], sequential: 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise VoicebotError("--plot needs matplotlib: pip install 'voicebot[bench]' (or pip install matplotlib)") from None
+        raise VoicebotError(
+            "--plot needs matplotlib: pip install 'voicebot[bench]' (or pip install matplotlib)"
+        ) from None
 
     figure, axes = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True)
-    for axis, events, title in ((axes[0], streaming, "streaming (voicebot)"), (axes[1], sequential, "sequential baseline")):
+    for axis, events, title in (
+        (axes[0], streaming, "streaming (voicebot)"),
+        (axes[1], sequential, "sequential baseline"),
+    ):
         spans = _spans(turn, events)
-        for row, (label, start, end, colour) in enumerate(spans):
+        for row, (_, start, end, colour) in enumerate(spans):
             axis.barh(row, max(end - start, 0.01), left=start, color=colour, height=0.6)
             axis.text(end + 0.03, row, f"{end - start:.2f} s", va="center", fontsize=8)
         axis.set_yticks(range(len(spans)), [s[0] for s in spans], fontsize=8)
@@ -366,7 +381,9 @@ def plot_turn(turn: ReferenceTurn, streaming: list[dict[str, Any]], sequential: 
         first_audio = _first(events, "playback_start")["t"]
         axis.axvline(turn.speech_end_s, color="black", linestyle=":", linewidth=1)
         axis.axvline(first_audio, color="red", linewidth=1.5)
-        axis.set_title(f"{title}: first reply audio {first_audio - turn.speech_end_s:.2f} s after end of speech", fontsize=10)
+        axis.set_title(
+            f"{title}: first reply audio {first_audio - turn.speech_end_s:.2f} s after end of speech", fontsize=10
+        )
     axes[1].set_xlabel("seconds since the input started (dotted: end of speech; red: first reply audio)")
     figure.suptitle(f"One turn: \u201c{turn.question}\u201d", fontsize=11)
     figure.tight_layout()
@@ -393,5 +410,7 @@ def _spans(turn: ReferenceTurn, events: list[dict[str, Any]]) -> list[tuple[str,
 
 def options_from(turns: int, short: bool, json_path: str | None, plot_path: str | None) -> BenchOptions:
     """Options from the command line; --short is CI's quick check that the benchmark works."""
-    options = BenchOptions(turns=turns, json=Path(json_path) if json_path else None, plot=Path(plot_path) if plot_path else None)
+    options = BenchOptions(
+        turns=turns, json=Path(json_path) if json_path else None, plot=Path(plot_path) if plot_path else None
+    )
     return dataclasses.replace(options, turns=1, idle_seconds=3.0) if short else options

@@ -35,10 +35,11 @@ MIN_CLAUSE_PIECE_CHARS = 12
 FENCE_BACKTICKS = 3
 
 NEVER_FINAL_ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st vs e.g i.e approx inc ltd co u.s u.k cf fig al mt".split()
+    {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "e.g", "i.e", "approx", "inc", "ltd", "co"}
+    | {"u.s", "u.k", "cf", "fig", "al", "mt"}
 )
 # These end a sentence often enough that only a lowercase next word keeps the sentence going.
-MAYBE_FINAL_ABBREVIATIONS = frozenset("a.m p.m etc".split())
+MAYBE_FINAL_ABBREVIATIONS = frozenset(["a.m", "p.m", "etc"])
 DOTTED_ABBREVIATION = re.compile(r"(?:[a-z]\.)+[a-z]")
 CJK_CHARACTER = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f]")
 

@@ -36,39 +36,95 @@ MIC_RETRY_S = 3.0
 def build_parser() -> argparse.ArgumentParser:
     """The command line: each command's own options plus --config and --set."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", help="YAML config file (default: $VOICEBOT_CONFIG, /etc/voicebot/voicebot.yaml, ~/.config/voicebot/voicebot.yaml)")
-    common.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], help="override one config key for this run; the value is YAML; repeatable")
-    common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="how much to log on stderr (default INFO)")
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        help="YAML config file (default: $VOICEBOT_CONFIG, /etc/voicebot/voicebot.yaml, "
+        "~/.config/voicebot/voicebot.yaml)",
+    )
+    common.add_argument(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one config key for this run; the value is YAML; repeatable",
+    )
+    common.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="how much to log on stderr (default INFO)",
+    )
 
-    parser = argparse.ArgumentParser(prog="voicebot", description="An offline voice assistant: wake word, speech recognition, local LLM, speech.")
+    parser = argparse.ArgumentParser(
+        prog="voicebot", description="An offline voice assistant: wake word, speech recognition, local LLM, speech."
+    )
     parser.add_argument("--version", action="version", version=f"voicebot {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", parents=[common], help="run the assistant", description="Listen for the wake word and answer questions aloud. With --input, exit once the input has ended and the last reply has been spoken.")
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="run the assistant",
+        description="Listen for the wake word and answer questions aloud. "
+        "With --input, exit once the input has ended and the last reply has been spoken.",
+    )
     run.add_argument("--input", metavar="WAV", help="hear this WAV file instead of the microphone")
     run.add_argument("--output", metavar="WAV", help="write replies to this WAV file instead of the speaker")
     run.add_argument("--trace", metavar="FILE", help="write pipeline events as JSON Lines to FILE")
-    run.add_argument("--fast", action="store_true", help="with --input: feed the file as fast as the pipeline takes it, not in real time")
+    run.add_argument(
+        "--fast",
+        action="store_true",
+        help="with --input: feed the file as fast as the pipeline takes it, not in real time",
+    )
 
-    ask = commands.add_parser("ask", parents=[common], help="answer a typed question aloud", description="Send TEXT to the LLM, print the answer and speak it as it is written.")
+    ask = commands.add_parser(
+        "ask",
+        parents=[common],
+        help="answer a typed question aloud",
+        description="Send TEXT to the LLM, print the answer and speak it as it is written.",
+    )
     ask.add_argument("text", help="the question")
     ask.add_argument("--output", metavar="WAV", help="write the answer to this WAV file instead of the speaker")
     ask.add_argument("--trace", metavar="FILE", help="write pipeline events as JSON Lines to FILE")
 
-    say = commands.add_parser("say", parents=[common], help="speak some text", description="Speak TEXT with the configured Piper voices.")
+    say = commands.add_parser(
+        "say", parents=[common], help="speak some text", description="Speak TEXT with the configured Piper voices."
+    )
     say.add_argument("text", help="what to say")
     say.add_argument("--output", metavar="WAV", help="write the speech to this WAV file instead of the speaker")
 
-    transcribe = commands.add_parser("transcribe", parents=[common], help="print the transcript of a WAV file", description="Transcribe a WAV file with the configured speech recognition model.")
+    transcribe = commands.add_parser(
+        "transcribe",
+        parents=[common],
+        help="print the transcript of a WAV file",
+        description="Transcribe a WAV file with the configured speech recognition model.",
+    )
     transcribe.add_argument("wav", help="the WAV file (any rate and channel count)")
 
-    bench = commands.add_parser("bench", parents=[common], help="measure where each turn's time goes", description="Run reference turns (spoken by the configured Piper voice) through the real pipeline in real time, against a sequential baseline and against the floor of each stage alone; report medians and spreads.")
+    bench = commands.add_parser(
+        "bench",
+        parents=[common],
+        help="measure where each turn's time goes",
+        description="Run reference turns (spoken by the configured Piper voice) through the real pipeline "
+        "in real time, "
+        "against a sequential baseline and against the floor of each stage alone; report medians and spreads.",
+    )
     bench.add_argument("--turns", type=int, default=5, help="reference turns to run (default 5)")
     bench.add_argument("--json", metavar="FILE", help="write the results as JSON")
     bench.add_argument("--plot", metavar="FILE", help="draw one turn's timeline as a PNG (needs matplotlib)")
-    bench.add_argument("--short", action="store_true", help="one turn and 3 s of idle listening: a quick check that the benchmark works")
+    bench.add_argument(
+        "--short",
+        action="store_true",
+        help="one turn and 3 s of idle listening: a quick check that the benchmark works",
+    )
 
-    commands.add_parser("devices", parents=[common], help="list audio devices", description="List the sound devices PortAudio sees, for audio.input_device and audio.output_device.")
+    commands.add_parser(
+        "devices",
+        parents=[common],
+        help="list audio devices",
+        description="List the sound devices PortAudio sees, for audio.input_device and audio.output_device.",
+    )
     return parser
 
 
@@ -101,8 +157,15 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
     try:
         sink = _open_sink(args.output, config, clock, engines, realtime=not args.fast)
         try:
-            log.info("ready in %.1f s (profile %s, config %s)", time.monotonic() - started, config.profile, config.source)
-            pipeline = Pipeline(engines, source or MicrophoneSource(config.audio.input_device, clock, config.audio.input_queue_s), sink, tracer)
+            log.info(
+                "ready in %.1f s (profile %s, config %s)", time.monotonic() - started, config.profile, config.source
+            )
+            pipeline = Pipeline(
+                engines,
+                source or MicrophoneSource(config.audio.input_device, clock, config.audio.input_queue_s),
+                sink,
+                tracer,
+            )
             await _until_signal(_run_pipeline(pipeline, retry_microphone=source is None))
         finally:
             sink.close()

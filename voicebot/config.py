@@ -66,7 +66,8 @@ class VadConfig:
     hangover_s: float = setting(0.6, min=0.1, max=5.0)
     """Silence after speech that ends the question."""
     early_start_s: float = setting(0.2, min=0.0, max=5.0)
-    """After this much silence, start working on the answer while the hangover runs; it is dropped if speech resumes. 0 turns this off; it has no effect unless shorter than hangover_s."""
+    """After this much silence, start working on the answer while the hangover runs; it is dropped
+    if speech resumes. 0 turns this off; it has no effect unless shorter than hangover_s."""
     max_utterance_s: float = setting(15.0, min=1.0, max=120.0)
     """A question is cut off after this long, even if the person is still talking."""
     no_speech_timeout_s: float = setting(5.0, min=0.5, max=60.0)
@@ -114,7 +115,8 @@ class LlmConfig:
     seed: Optional[int] = setting(None, min=0, max=2**31 - 1)
     """Sampling seed, for repeatable replies; null for a new one each time."""
     cores: Cores = "auto"
-    """CPU cores the inference threads are pinned to; one thread per core. auto: every core but core 0 (all of them on a 1-core machine)."""
+    """CPU cores the inference threads are pinned to; one thread per core. auto: every core but
+    core 0 (all of them on a 1-core machine)."""
 
 
 @dataclass(frozen=True)
@@ -328,9 +330,9 @@ def _coerce(value: Any, hint: Any, key_path: str, meta: typing.Mapping[str, Any]
     except _WrongType:
         raise _InvalidValue(key_path, f"got {value!r}; expected {_describe(hint, meta)}") from None
     low, high = meta.get("min"), meta.get("max")
-    if isinstance(result, (int, float)) and not isinstance(result, bool):
-        if result != result or (low is not None and result < low) or (high is not None and result > high):
-            raise _InvalidValue(key_path, f"got {value!r}; expected {_describe(hint, meta)}")
+    is_number = isinstance(result, (int, float)) and not isinstance(result, bool)
+    if is_number and (result != result or (low is not None and result < low) or (high is not None and result > high)):
+        raise _InvalidValue(key_path, f"got {value!r}; expected {_describe(hint, meta)}")
     return result
 
 

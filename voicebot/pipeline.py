@@ -58,7 +58,9 @@ class Engines:
     workers: list[PinnedWorker] = field(default_factory=list)
 
     @classmethod
-    def load(cls, config: Config, paths: ModelPaths, stages: frozenset[str] = frozenset({"listen", "asr", "llm", "tts"})) -> Engines:
+    def load(
+        cls, config: Config, paths: ModelPaths, stages: frozenset[str] = frozenset({"listen", "asr", "llm", "tts"})
+    ) -> Engines:
         """Load the models for `stages`, each on its own thread pinned to its configured cores."""
         engines = cls(config)
         try:

@@ -63,7 +63,9 @@ class Synthesizer:
         language = language_of(text)
         if language not in self._voices:
             if language not in self._warned_missing:
-                log.warning("no Piper voice for %s (models.voice_%s): its text is left out of replies", language, language)
+                log.warning(
+                    "no Piper voice for %s (models.voice_%s): its text is left out of replies", language, language
+                )
                 self._warned_missing.add(language)
             language = "en" if "en" in self._voices else next(iter(self._voices))
         spoken = text_for_voice(text, language)
@@ -85,7 +87,9 @@ def _load_voice(model_path: Path, threads: int):
     options.inter_op_num_threads = 1
     try:
         config = PiperConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
-        session = onnxruntime.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(
+            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
     except Exception as error:
         raise ModelLoadError(f"cannot load Piper voice {model_path}: {error}; fetch the voice again") from None
     return PiperVoice(session=session, config=config)

@@ -42,7 +42,9 @@ class SileroVad:
         options.log_severity_level = 4
         path = model_path or silero_model_path()
         try:
-            self._session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+            self._session = onnxruntime.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
         except Exception as error:
             raise ModelLoadError(f"cannot load the Silero VAD model {path}: {error}") from None
         self.reset()
@@ -137,7 +139,9 @@ class Endpointer:
         for offset in range(0, usable, WINDOW_SAMPLES):
             window_end_at = chunk.captured_at - (len(buffer) - offset - WINDOW_SAMPLES) / INPUT_RATE_HZ
             window_end_sample = window_start_sample + offset + WINDOW_SAMPLES
-            endpoint = self._decide(self.vad.probability(buffer[offset : offset + WINDOW_SAMPLES]), window_end_sample, window_end_at)
+            endpoint = self._decide(
+                self.vad.probability(buffer[offset : offset + WINDOW_SAMPLES]), window_end_sample, window_end_at
+            )
             if endpoint is not None:
                 endpoints.append(endpoint)
                 if endpoint.kind is not EndpointKind.SPEECH_START:

@@ -7,8 +7,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from voicebot.audio import FRAME_SAMPLES, AudioChunk
 from voicebot.config import WakeConfig
 from voicebot.errors import ConfigError, ModelLoadError, ModelNotFoundError
@@ -31,9 +29,7 @@ def bundled_wake_models() -> dict[str, Path]:
 
     folder = Path(openwakeword.__file__).parent / "resources" / "models"
     skip = {"melspectrogram", "embedding_model", "silero_vad"}
-    return {
-        path.stem.rsplit("_v", 1)[0]: path for path in sorted(folder.glob("*.onnx")) if path.stem not in skip
-    }
+    return {path.stem.rsplit("_v", 1)[0]: path for path in sorted(folder.glob("*.onnx")) if path.stem not in skip}
 
 
 def resolve_wake_models(names: tuple[str, ...]) -> list[Path]:
