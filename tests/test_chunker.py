@@ -172,11 +172,29 @@ CASES = [
     ),
     ("no_early_piece_after_first", "Sure. " + LONG_ENGLISH, ["Sure.", LONG_ENGLISH]),
     (
-        "early_first_piece_at_first_clause_past_limit",
+        "early_first_piece_before_a_phrase_when_no_clause_comes_in_time",
         "I think that the most important thing to remember about this whole situation is patience, and kindness. Yes.",
         [
-            "I think that the most important thing to remember about this whole situation is patience,",
-            "and kindness.",
+            "I think that the most important thing to remember",
+            "about this whole situation is patience, and kindness.",
+            "Yes.",
+        ],
+    ),
+    (
+        "early_first_piece_before_a_phrase_in_a_long_plain_sentence",
+        "The primary reason is that the human eye is capable of perceiving light at different wavelengths in different proportions. Next one.",
+        [
+            "The primary reason is that the human eye is capable of perceiving light",
+            "at different wavelengths in different proportions.",
+            "Next one.",
+        ],
+    ),
+    (
+        "early_first_piece_waits_for_a_clause_just_past_the_limit",
+        "I think the most important thing to remember in all of this, is patience and kindness. Yes.",
+        [
+            "I think the most important thing to remember in all of this,",
+            "is patience and kindness.",
             "Yes.",
         ],
     ),

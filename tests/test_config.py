@@ -173,7 +173,10 @@ BAD_VALUES = {
     "unknown key, nothing close": (
         "vad:\n  threshold: 0.5\n  xyz: 1\n",
         3,
-        ["vad.xyz: unknown key", "allowed keys: threshold, hangover_s, early_start_s, max_utterance_s, no_speech_timeout_s"],
+        [
+            "vad.xyz: unknown key",
+            "allowed keys: threshold, hangover_s, early_start_s, max_utterance_s, no_speech_timeout_s",
+        ],
     ),
     "unknown section": (
         "profile: pi\nnetwork:\n  port: 80\n",

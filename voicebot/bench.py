@@ -3,6 +3,10 @@
 Reference turns are spoken by the configured Piper voice ("Hey Jarvis." then a question), so
 the benchmark needs nothing but voicebot's own models. Every figure is a median over turns,
 with its spread, and every comparison is made within the same run, on the same machine.
+
+The same turns go through three designs: voicebot's (early start at the first pause, then
+streaming), streaming alone, and the sequential baseline of the original chat-bot design:
+wait for the end of speech, transcribe, generate the whole answer, synthesise all of it, play.
 """
 
 from __future__ import annotations
@@ -101,8 +105,9 @@ def run_bench(config: Config, options: BenchOptions) -> dict[str, Any]:
         engines.warm_up()
         startup_s = _seconds_since_process_start()
         turns = _reference_turns(engines, config, options.turns)
-        streaming = [asyncio.run(_run_turn(engines, turn, streaming=True)) for turn in turns]
-        sequential = [asyncio.run(_run_turn(engines, turn, streaming=False)) for turn in turns]
+        streaming = [asyncio.run(_run_turn(engines, turn, VOICEBOT)) for turn in turns]
+        sequential = [asyncio.run(_run_turn(engines, turn, SEQUENTIAL)) for turn in turns]
+        streaming_only = [asyncio.run(_run_turn(engines, turn, STREAMING_ONLY)) for turn in turns]
         floors = [_floor(engines, config, turn, events) for turn, events in zip(turns, streaming, strict=True)]
         idle_cpu = _listening_cpu_percent(
             engines, AudioChunk(np.zeros(int(options.idle_seconds * INPUT_RATE_HZ), np.float32), INPUT_RATE_HZ)
@@ -112,8 +117,10 @@ def run_bench(config: Config, options: BenchOptions) -> dict[str, Any]:
         engines.close()
     streaming_stages = [_stage_times(turn, events) for turn, events in zip(turns, streaming, strict=True)]
     sequential_stages = [_stage_times(turn, events) for turn, events in zip(turns, sequential, strict=True)]
+    streaming_only_stages = [_stage_times(turn, events) for turn, events in zip(turns, streaming_only, strict=True)]
     first_audio = _median([s["first_audio_s"] for s in streaming_stages])
     sequential_first_audio = _median([s["first_audio_s"] for s in sequential_stages])
+    streaming_only_first_audio = _median([s["first_audio_s"] for s in streaming_only_stages])
     floor = _median([f["total_s"] for f in floors])
     results = {
         "profile": config.profile,
@@ -121,6 +128,8 @@ def run_bench(config: Config, options: BenchOptions) -> dict[str, Any]:
         "first_audio_s": first_audio,
         "sequential_first_audio_s": sequential_first_audio,
         "streaming_over_sequential": _ratio(first_audio, sequential_first_audio),
+        "streaming_only_first_audio_s": streaming_only_first_audio,
+        "streaming_only_over_sequential": _ratio(streaming_only_first_audio, sequential_first_audio),
         "floor_s": floor,
         "overhead_vs_floor": _ratio(first_audio, floor),
         "idle_cpu_percent": idle_cpu,
@@ -130,6 +139,7 @@ def run_bench(config: Config, options: BenchOptions) -> dict[str, Any]:
         "barge_in_reaction_s": None,
         "stages": _summaries(streaming_stages),
         "sequential_stages": _summaries(sequential_stages),
+        "streaming_only_stages": _summaries(streaming_only_stages),
         "floor_stages": _summaries(floors),
         "questions": [turn.question for turn in turns],
         "answers": [" ".join(e["text"] for e in events if e["event"] == "sentence") for events in streaming],
@@ -144,7 +154,9 @@ def run_bench(config: Config, options: BenchOptions) -> dict[str, Any]:
     if options.json:
         options.json.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if options.plot:
-        plot_turn(turns[0], streaming[0], sequential[0], options.plot)
+        # The turn with the longest answer shows best what overlapping the stages buys.
+        longest = max(range(len(turns)), key=lambda i: sum(e["event"] == "sentence" for e in streaming[i]))
+        plot_turn(turns[longest], streaming[longest], sequential[longest], options.plot)
     return results
 
 
@@ -185,7 +197,22 @@ def _talk(engines: Engines, seconds: float) -> AudioChunk:
     return AudioChunk(np.tile(talk, repeats)[: int(seconds * INPUT_RATE_HZ)], INPUT_RATE_HZ)
 
 
-async def _run_turn(engines: Engines, turn: ReferenceTurn, streaming: bool) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Design:
+    """How a pipeline overlaps its stages."""
+
+    streaming: bool
+    """Speak each sentence as soon as it is ready, while the LLM goes on."""
+    early_start: bool
+    """Start on the answer at the first pause, during the VAD hangover."""
+
+
+VOICEBOT = Design(streaming=True, early_start=True)
+SEQUENTIAL = Design(streaming=False, early_start=False)
+STREAMING_ONLY = Design(streaming=True, early_start=False)
+
+
+async def _run_turn(engines: Engines, turn: ReferenceTurn, design: Design) -> list[dict[str, Any]]:
     # Every turn starts from the same LLM cache: the system prompt evaluated, the question not.
     engines.warm_up_llm()
     clock = Clock()
@@ -194,7 +221,10 @@ async def _run_turn(engines: Engines, turn: ReferenceTurn, streaming: bool) -> l
         assert engines.synthesizer is not None
         sink = WavSink(Path(folder) / "reply.wav", clock, realtime=True, rate_hz=engines.synthesizer.rate_hz)
         try:
-            await Pipeline(engines, WavSource(turn.audio, clock), sink, tracer, streaming=streaming).run()
+            pipeline = Pipeline(
+                engines, WavSource(turn.audio, clock), sink, tracer, design.streaming, design.early_start
+            )
+            await pipeline.run()
         finally:
             sink.close()
     return tracer.events
@@ -328,11 +358,11 @@ def format_table(results: dict[str, Any]) -> str:
     lines = [
         f"voicebot bench: profile {results['profile']}, {results['turns']} turns, medians (min–max)",
         "",
-        f"{'stage':40} {'streaming':>22} {'sequential':>22}",
+        f"{'stage':40} {'voicebot':>22} {'streaming only':>22} {'sequential':>22}",
     ]
     for name, label in STAGES.items():
-        stream, seq = results["stages"][name], results["sequential_stages"][name]
-        lines.append(f"{label:40} {_cell(stream):>22} {_cell(seq):>22}")
+        cells = [_cell(results[key][name]) for key in ("stages", "streaming_only_stages", "sequential_stages")]
+        lines.append(f"{label:40} " + " ".join(f"{cell:>22}" for cell in cells))
     floor = results["floor_stages"]
     lines += [
         "",
@@ -341,7 +371,8 @@ def format_table(results: dict[str, Any]) -> str:
         + f" = {results['floor_s']:.3f} s",
         "",
         f"first reply audio after end of speech  {results['first_audio_s']:.3f} s",
-        f"streaming / sequential first audio     {results['streaming_over_sequential']}",
+        f"streaming / sequential first audio     {results['streaming_over_sequential']}"
+        f" (streaming without early start: {results['streaming_only_over_sequential']})",
         f"overhead against the floor             {results['overhead_vs_floor']}",
         f"CPU while listening: silence {results['idle_cpu_percent']}%, talk {results['talk_cpu_percent']}% of one core",
         f"peak RSS {results['peak_rss_mb']} MB, start to listening {results['startup_s']} s",
@@ -369,8 +400,8 @@ def plot_turn(
 
     figure, axes = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True)
     for axis, events, title in (
-        (axes[0], streaming, "streaming (voicebot)"),
-        (axes[1], sequential, "sequential baseline"),
+        (axes[0], streaming, "voicebot: early start and streaming"),
+        (axes[1], sequential, "sequential baseline: one stage after another"),
     ):
         spans = _spans(turn, events)
         for row, (_, start, end, colour) in enumerate(spans):

@@ -32,6 +32,14 @@ CJK_CLAUSE_ENDS = frozenset("，、：")
 ASCII_CLAUSE_ENDS = frozenset(",;:")
 
 MIN_CLAUSE_PIECE_CHARS = 12
+# A first sentence with no comma is cut before a phrase-starting word once it runs this far past
+# first_piece_chars; a cut mid-phrase would sound worse than waiting.
+FIRST_PIECE_GRACE_CHARS = 20
+PHRASE_START = re.compile(
+    r"(?<=\s)(?=(?:and|but|or|so|because|which|that|who|where|when|while|if|although|since|until|"
+    r"in|on|at|of|to|for|with|from|by|into|about|through|after|before|during)\s)",
+    re.IGNORECASE,
+)
 FENCE_BACKTICKS = 3
 
 NEVER_FINAL_ABBREVIATIONS = frozenset(
@@ -177,6 +185,10 @@ class SentenceChunker:
                 if cut is not None:
                     return cut
                 self._seeking_clause = True
+            if self._seeking_clause and index == self.first_piece_chars + FIRST_PIECE_GRACE_CHARS:
+                cut = self._phrase_cut(index)
+                if cut is not None:
+                    return cut
             char = self._text[index]
             if char == "\n":
                 return index + 1
@@ -240,6 +252,14 @@ class SentenceChunker:
         for cut in range(limit, MIN_CLAUSE_PIECE_CHARS - 1, -1):
             if self._is_clause_cut(cut):
                 return cut
+        return None
+
+    def _phrase_cut(self, limit: int) -> int | None:
+        """The last cut before `limit` where a phrase starts ("... the eye | that sees ..."), for a first piece
+        that has no comma: speech starts sooner, and the break falls where a speaker might pause."""
+        for match in reversed(list(PHRASE_START.finditer(self._text, MIN_CLAUSE_PIECE_CHARS, limit))):
+            if match.start() >= MIN_CLAUSE_PIECE_CHARS:
+                return match.start()
         return None
 
     def _cap_cut(self) -> int:

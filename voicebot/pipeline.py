@@ -264,11 +264,18 @@ class Pipeline:
     """
 
     def __init__(
-        self, engines: Engines, source: AudioSource, sink: AudioSink, tracer: Tracer, streaming: bool = True
+        self,
+        engines: Engines,
+        source: AudioSource,
+        sink: AudioSink,
+        tracer: Tracer,
+        streaming: bool = True,
+        early_start: bool = True,
     ) -> None:
         self.engines = engines
         self.source = source
         self.tracer = tracer
+        self.early_start = early_start
         self.state = State.IDLE
         self.responder = Responder(
             engines, sink, tracer, on_speaking=lambda: self._set_state(State.SPEAKING), streaming=streaming
@@ -330,6 +337,8 @@ class Pipeline:
         kind = endpoint.kind
         if kind is EndpointKind.SPEECH_START:
             self.tracer.emit("speech_start", t=endpoint.at)
+        elif kind in (EndpointKind.PAUSE, EndpointKind.RESUME) and not self.early_start:
+            pass
         elif kind is EndpointKind.PAUSE:
             assert endpointer.candidate is not None
             await self.cancel_turn()
