@@ -81,6 +81,7 @@ class BenchOptions:
     idle_seconds: float = 60.0
     plot: Path | None = None
     json: Path | None = None
+    markdown: Path | None = None
 
 
 STAGES = {
@@ -91,6 +92,7 @@ STAGES = {
     "llm_first_sentence_s": "LLM to first sentence",
     "tts_first_audio_s": "TTS to first audio",
     "first_audio_s": "end of speech → first reply audio",
+    "traced_latency_s": "trace: speech_end → playback_start",
     "answer_spoken_s": "end of speech → whole answer spoken",
 }
 
@@ -251,6 +253,7 @@ def _stage_times(turn: ReferenceTurn, events: list[dict[str, Any]]) -> dict[str,
         "llm_first_sentence_s": first_sentence_at - transcript_at,
         "tts_first_audio_s": _first(events, "tts_first_audio")["t"] - first_sentence_at,
         "first_audio_s": _first(events, "playback_start")["t"] - turn.speech_end_s,
+        "traced_latency_s": _first(events, "playback_start")["t"] - speech_end["t"],
         "answer_spoken_s": _first(events, "playback_end")["t"] - turn.speech_end_s,
     }
 
@@ -380,6 +383,69 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+MARKDOWN_START = "<!-- bench:start -->"
+MARKDOWN_END = "<!-- bench:end -->"
+
+
+def read_markdown_page(path: Path) -> str:
+    """The page whose results block the benchmark fills in; checked before a long run, not after."""
+    try:
+        page = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise VoicebotError(f"cannot read {path}: {error.strerror}") from None
+    if MARKDOWN_START not in page or MARKDOWN_END not in page:
+        raise VoicebotError(f"{path} has no {MARKDOWN_START} ... {MARKDOWN_END} block to fill in")
+    return page
+
+
+def update_markdown(path: Path, results: dict[str, Any], command: str) -> None:
+    """Replace the results block between the bench markers in a Markdown page."""
+    page = read_markdown_page(path)
+    head, rest = page.split(MARKDOWN_START, 1)
+    _, tail = rest.split(MARKDOWN_END, 1)
+    path.write_text(f"{head}{MARKDOWN_START}\n{format_markdown(results, command)}\n{MARKDOWN_END}{tail}", "utf-8")
+
+
+def format_markdown(results: dict[str, Any], command: str) -> str:
+    """The results as a Markdown section."""
+    machine = results["machine"]
+    rows = [
+        "| stage | voicebot | streaming only | sequential |",
+        "|---|---|---|---|",
+    ]
+    for name, label in STAGES.items():
+        cells = [_cell(results[key][name]) for key in ("stages", "streaming_only_stages", "sequential_stages")]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    floor = results["floor_stages"]
+    floor_parts = " + ".join(f"{k.removesuffix('_s')} {v['median']:.3f}" for k, v in floor.items() if k != "total_s")
+    return "\n".join(
+        [
+            f"Measured on {machine['cpu']} ({machine['cores']} cores, {machine['machine']}, "
+            f"Python {machine['python']}), "
+            f"profile `{results['profile']}`, {results['turns']} turns, LLM on cores {results['config']['llm.cores']}, "
+            f"TTS on cores {results['config']['tts.cores']}. Seconds, median (min–max).",
+            "",
+            "    " + command,
+            "",
+            "| headline | value |",
+            "|---|---|",
+            f"| end of speech → first reply audio | **{results['first_audio_s']:.3f} s** |",
+            f"| streaming over sequential, first audio | **{results['streaming_over_sequential']}** "
+            f"(streaming without early start: {results['streaming_only_over_sequential']}) |",
+            f"| overhead against the floor | **{results['overhead_vs_floor']}** (floor {results['floor_s']:.3f} s) |",
+            f"| CPU while listening to silence / to talk | **{results['idle_cpu_percent']} %** / "
+            f"{results['talk_cpu_percent']} % of one core |",
+            f"| peak RSS | {results['peak_rss_mb']} MB |",
+            f"| start to listening | {results['startup_s']} s |",
+            "| barge-in reaction | not built yet |",
+            "",
+            *rows,
+            "",
+            f"Floor, each stage alone: {floor_parts} = {results['floor_s']:.3f} s.",
+        ]
+    )
+
+
 def _cell(summary: dict[str, Any]) -> str:
     return f"{summary['median']:.3f} ({summary['min']:.2f}–{summary['max']:.2f})"
 
@@ -399,22 +465,26 @@ def plot_turn(
         ) from None
 
     figure, axes = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True)
-    for axis, events, title in (
+    designs = (
         (axes[0], streaming, "voicebot: early start and streaming"),
-        (axes[1], sequential, "sequential baseline: one stage after another"),
-    ):
+        (axes[1], sequential, "sequential baseline"),
+    )
+    # Show the turn up to a little after the later first audio; long answers play on past the edge.
+    right = max(_first(events, "playback_start")["t"] for _, events, _ in designs) + 1.0
+    for axis, events, title in designs:
         spans = _spans(turn, events)
         for row, (_, start, end, colour) in enumerate(spans):
-            axis.barh(row, max(end - start, 0.01), left=start, color=colour, height=0.6)
-            axis.text(end + 0.03, row, f"{end - start:.2f} s", va="center", fontsize=8)
+            axis.barh(row, max(min(end, right) - start, 0.01), left=start, color=colour, height=0.6)
+            label = f"{end - start:.2f} s" + (" →" if end > right else "")
+            axis.text(min(end, right - 0.45) + 0.03, row, label, va="center", fontsize=8)
         axis.set_yticks(range(len(spans)), [s[0] for s in spans], fontsize=8)
         axis.invert_yaxis()
         first_audio = _first(events, "playback_start")["t"]
         axis.axvline(turn.speech_end_s, color="black", linestyle=":", linewidth=1)
         axis.axvline(first_audio, color="red", linewidth=1.5)
-        axis.set_title(
-            f"{title}: first reply audio {first_audio - turn.speech_end_s:.2f} s after end of speech", fontsize=10
-        )
+        axis.set_xlim(turn.speech_start_s - 0.3, right)
+        title += f": first reply audio {first_audio - turn.speech_end_s:.2f} s after end of speech"
+        axis.set_title(title, fontsize=10)
     axes[1].set_xlabel("seconds since the input started (dotted: end of speech; red: first reply audio)")
     figure.suptitle(f"One turn: \u201c{turn.question}\u201d", fontsize=11)
     figure.tight_layout()
@@ -439,9 +509,14 @@ def _spans(turn: ReferenceTurn, events: list[dict[str, Any]]) -> list[tuple[str,
     ]
 
 
-def options_from(turns: int, short: bool, json_path: str | None, plot_path: str | None) -> BenchOptions:
+def options_from(
+    turns: int, short: bool, json_path: str | None, plot_path: str | None, markdown_path: str | None
+) -> BenchOptions:
     """Options from the command line; --short is CI's quick check that the benchmark works."""
     options = BenchOptions(
-        turns=turns, json=Path(json_path) if json_path else None, plot=Path(plot_path) if plot_path else None
+        turns=turns,
+        json=Path(json_path) if json_path else None,
+        plot=Path(plot_path) if plot_path else None,
+        markdown=Path(markdown_path) if markdown_path else None,
     )
     return dataclasses.replace(options, turns=1, idle_seconds=3.0) if short else options

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shlex
 import signal
 import sys
 import time
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--turns", type=int, default=5, help="reference turns to run (default 5)")
     bench.add_argument("--json", metavar="FILE", help="write the results as JSON")
     bench.add_argument("--plot", metavar="FILE", help="draw one turn's timeline as a PNG (needs matplotlib)")
+    bench.add_argument("--markdown", metavar="FILE", help="fill in the results block of a Markdown page")
     bench.add_argument(
         "--short",
         action="store_true",
@@ -232,14 +234,18 @@ async def _transcribe(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _bench(args: argparse.Namespace, config: Config) -> int:
-    from voicebot.bench import format_table, options_from, run_bench
+    from voicebot.bench import format_table, options_from, read_markdown_page, run_bench, update_markdown
 
     if args.turns < 1:
         raise VoicebotError(f"--turns {args.turns}: run at least one turn")
-    options = options_from(args.turns, args.short, args.json, args.plot)
+    options = options_from(args.turns, args.short, args.json, args.plot, args.markdown)
+    if options.markdown:
+        read_markdown_page(options.markdown)
     # The benchmark drives its own event loops, one per turn, so it runs outside this one.
     results = await asyncio.get_running_loop().run_in_executor(None, run_bench, config, options)
     print(format_table(results))
+    if options.markdown:
+        update_markdown(options.markdown, results, shlex.join(["voicebot", *sys.argv[1:]]))
     return 0
 
 
