@@ -32,6 +32,15 @@ def first(events: list[dict], name: str) -> dict:
     return matches[0]
 
 
+def run_assistant(tmp_path: Path, wav: Path, *options: str) -> tuple[str, list[dict]]:
+    """`voicebot run` on a WAV, replies to tmp_path/reply.wav; returns its stderr and trace."""
+    trace_path = tmp_path / "trace.jsonl"
+    output = ["--output", str(tmp_path / "reply.wav"), "--trace", str(trace_path)]
+    result = run_voicebot("run", *BUNDLED, *options, "--input", str(wav), *output)
+    assert result.returncode == 0, result.stderr
+    return result.stderr, read_trace(trace_path)
+
+
 def words(text: str) -> set[str]:
     return {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 3}
 
@@ -67,15 +76,10 @@ def test_spoken_question_gets_a_spoken_answer(
     tmp_path, speech_dir, whisper, wake_model, wake_clip, question, question_words
 ):
     wav = build_wav(tmp_path / "input.wav", [1.0, wake_clip(speech_dir), 0.3, espeak(question, speech_dir), 2.5])
-    out, trace_path = tmp_path / "reply.wav", tmp_path / "trace.jsonl"
     wake_args = [] if wake_model == "hey_jarvis" else ["--set", f"wake.models=[{wake_model}]"]
 
-    result = run_voicebot(
-        "run", *BUNDLED, *wake_args, "--input", str(wav), "--output", str(out), "--trace", str(trace_path)
-    )
+    _, events = run_assistant(tmp_path, wav, *wake_args)
 
-    assert result.returncode == 0, result.stderr
-    events = read_trace(trace_path)
     assert first(events, "wake")["model"].startswith(wake_model)
     transcript = first(events, "transcript")["text"]
     assert question_words <= words(transcript), transcript
@@ -84,25 +88,17 @@ def test_spoken_question_gets_a_spoken_answer(
     # Speech starts while the LLM is still writing the rest of the answer.
     assert first(events, "playback_start")["t"] < first(events, "llm_done")["t"]
     # The answer may be started at the first pause, before speech_end is decided, but is heard only after it.
-    order = (
-        "wake",
-        "speech_start",
-        "transcript",
-        "llm_first_token",
-        "tts_first_audio",
-        "playback_start",
-        "playback_end",
-        "turn_end",
-    )
-    times = [first(events, name)["t"] for name in order]
+    order = ("wake", "speech_start", "transcript", "llm_first_token", "tts_first_audio", "playback_start")
+    times = [first(events, name)["t"] for name in (*order, "playback_end", "turn_end")]
     assert times == sorted(times), times
     assert first(events, "speech_end")["t"] <= first(events, "playback_start")["t"]
     assert [e["event"] for e in events].count("transcript") == 1
     assert first(events, "turn_end")["reason"] == "answered"
 
-    with wave.open(str(out)) as reply:
-        assert reply.getnframes() / reply.getframerate() > 2.0
-    segments, _ = whisper.transcribe(str(out), language="en", beam_size=1)
+    reply = tmp_path / "reply.wav"
+    with wave.open(str(reply)) as spoken:
+        assert spoken.getnframes() / spoken.getframerate() > 2.0
+    segments, _ = whisper.transcribe(str(reply), language="en", beam_size=1)
     heard = words(" ".join(s.text for s in segments))
     said = words(" ".join(sentences))
     assert len(heard & said) >= 0.5 * len(said), (heard, said)
@@ -110,39 +106,18 @@ def test_spoken_question_gets_a_spoken_answer(
 
 @pytest.mark.parametrize("clip", ["jfk.wav", "speech_long_no_wakeword.wav"])
 def test_speech_without_the_wake_word_gets_no_reply(tmp_path, clip):
-    out, trace_path = tmp_path / "reply.wav", tmp_path / "trace.jsonl"
+    _, events = run_assistant(tmp_path, shared_clip(clip), "--fast")
 
-    result = run_voicebot(
-        "run", *BUNDLED, "--fast", "--input", str(shared_clip(clip)), "--output", str(out), "--trace", str(trace_path)
-    )
-
-    assert result.returncode == 0, result.stderr
-    events = {e["event"] for e in read_trace(trace_path)}
-    assert not events & {"wake", "transcript", "sentence", "playback_start"}, events
-    with wave.open(str(out)) as reply:
+    assert not {e["event"] for e in events} & {"wake", "transcript", "sentence", "playback_start"}, events
+    with wave.open(str(tmp_path / "reply.wav")) as reply:
         assert reply.getnframes() == 0
 
 
 def test_wake_word_then_silence_times_out_quietly(tmp_path, speech_dir):
     wav = build_wav(tmp_path / "input.wav", [0.5, espeak("hey jarvis", speech_dir), 6.0])
-    trace_path = tmp_path / "trace.jsonl"
 
-    result = run_voicebot(
-        "run",
-        *BUNDLED,
-        "--set",
-        "vad.no_speech_timeout_s=2",
-        "--fast",
-        "--input",
-        str(wav),
-        "--output",
-        str(tmp_path / "o.wav"),
-        "--trace",
-        str(trace_path),
-    )
+    _, events = run_assistant(tmp_path, wav, "--set", "vad.no_speech_timeout_s=2", "--fast")
 
-    assert result.returncode == 0, result.stderr
-    events = read_trace(trace_path)
     assert first(events, "wake")
     assert first(events, "turn_end")["reason"] == "no_speech"
     assert not [e for e in events if e["event"] in ("transcript", "sentence")]
@@ -150,38 +125,13 @@ def test_wake_word_then_silence_times_out_quietly(tmp_path, speech_dir):
 
 def test_a_pause_mid_question_drops_the_early_answer(tmp_path, speech_dir):
     # The 0.45 s pause is past vad.early_start_s (work on an answer starts) but short of the hangover.
-    parts = [
-        1.0,
-        espeak("hey jarvis", speech_dir),
-        0.3,
-        espeak("What is the capital", speech_dir),
-        0.45,
-        espeak("of Germany?", speech_dir),
-        2.5,
-    ]
-    wav = build_wav(tmp_path / "input.wav", parts)
-    trace_path = tmp_path / "trace.jsonl"
+    question = [espeak("What is the capital", speech_dir), 0.45, espeak("of Germany?", speech_dir)]
+    wav = build_wav(tmp_path / "input.wav", [1.0, espeak("hey jarvis", speech_dir), 0.3, *question, 2.5])
+    vad = ["--set", "vad.hangover_s=1.0", "--set", "vad.early_start_s=0.2"]
 
-    result = run_voicebot(
-        "run",
-        *BUNDLED,
-        "--set",
-        "vad.hangover_s=1.0",
-        "--set",
-        "vad.early_start_s=0.2",
-        "--input",
-        str(wav),
-        "--output",
-        str(tmp_path / "o.wav"),
-        "--trace",
-        str(trace_path),
-        "--log-level",
-        "DEBUG",
-    )
+    log, events = run_assistant(tmp_path, wav, *vad, "--log-level", "DEBUG")
 
-    assert result.returncode == 0, result.stderr
-    assert "dropping the early answer" in result.stderr
-    events = read_trace(trace_path)
+    assert "dropping the early answer" in log
     transcripts = [e["text"] for e in events if e["event"] == "transcript"]
     assert len(transcripts) == 1 and {"capital", "germany"} <= words(transcripts[0]), transcripts
     assert [e["reason"] for e in events if e["event"] == "turn_end"] == ["answered"]

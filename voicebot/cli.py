@@ -107,9 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         parents=[common],
         help="measure where each turn's time goes",
-        description="Run reference turns (spoken by the configured Piper voice) through the real pipeline "
-        "in real time, "
-        "against a sequential baseline and against the floor of each stage alone; report medians and spreads.",
+        description="Run reference turns (spoken by the configured Piper voice) through the real pipeline in "
+        "real time, against a sequential baseline and against the floor of each stage alone; report medians.",
     )
     bench.add_argument("--turns", type=int, default=5, help="reference turns to run (default 5)")
     bench.add_argument("--json", metavar="FILE", help="write the results as JSON")

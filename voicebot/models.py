@@ -25,7 +25,21 @@ PI_DEFAULTS = {
     "voice_en": "en_US-lessac-medium.onnx",
     "voice_zh": "zh_CN-huayan-medium.onnx",
 }
-FETCH_HINT = "fetch it with ./install.sh, or try the small bundled models with --set profile=bundled"
+HUB = "https://huggingface.co"
+PIPER_VOICES = f"{HUB}/rhasspy/piper-voices/resolve/main"
+WHISPER_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")
+# Where the pi profile's default models come from: (what to append to the model's path, URL).
+PI_SOURCES = {
+    "llm": [("", f"{HUB}/Qwen/Qwen2.5-0.5B-Instruct-GGUF/resolve/main/qwen2.5-0.5b-instruct-q4_k_m.gguf")],
+    "asr": [(f"/{name}", f"{HUB}/Systran/faster-whisper-base/resolve/main/{name}") for name in WHISPER_FILES],
+    "voice_en": [
+        (suffix, f"{PIPER_VOICES}/en/en_US/lessac/medium/en_US-lessac-medium.onnx{suffix}") for suffix in ("", ".json")
+    ],
+    "voice_zh": [
+        (suffix, f"{PIPER_VOICES}/zh/zh_CN/huayan/medium/zh_CN-huayan-medium.onnx{suffix}") for suffix in ("", ".json")
+    ],
+}
+BUNDLED_HINT = "or try the small bundled models with --set profile=bundled"
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "voicebot"
 
 
@@ -91,8 +105,18 @@ def _in_models_dir(config: Config, key: str, what: str, must_be_file: bool) -> P
     exists = path.is_file() if must_be_file else (path / "model.bin").is_file()
     if not exists:
         missing = path if must_be_file else path / "model.bin"
-        raise ModelNotFoundError(f"{what} not found: {missing} (models.{key}, profile {config.profile}); {FETCH_HINT}")
+        raise ModelNotFoundError(
+            f"{what} not found: {missing} (models.{key}, profile {config.profile}); {_fetch_hint(key, name, path)}"
+        )
     return path
+
+
+def _fetch_hint(key: str, name: str, path: Path) -> str:
+    """The command that downloads a default model to where it is looked for."""
+    if name != PI_DEFAULTS[key]:
+        return f"check models.{key}, {BUNDLED_HINT}"
+    commands = [f"curl -fL --create-dirs -o {path}{suffix} {url}" for suffix, url in PI_SOURCES[key]]
+    return f"fetch it with: {' && '.join(commands)}; {BUNDLED_HINT}"
 
 
 def _package_dir(distribution: str, module: str) -> Path:
