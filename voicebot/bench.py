@@ -217,16 +217,19 @@ STREAMING_ONLY = Design(streaming=True, early_start=False)
 async def _run_turn(engines: Engines, turn: ReferenceTurn, design: Design) -> list[dict[str, Any]]:
     # Every turn starts from the same LLM cache: the system prompt evaluated, the question not.
     engines.warm_up_llm()
+    return await _hear_in_real_time(engines, turn.audio, design)
+
+
+async def _hear_in_real_time(engines: Engines, audio: AudioChunk, design: Design) -> list[dict[str, Any]]:
+    """Run the real pipeline on `audio`, fed and played at real-time pace; returns its trace."""
+    assert engines.synthesizer is not None
     clock = Clock()
     tracer = Tracer(clock)
     with tempfile.TemporaryDirectory() as folder:
-        assert engines.synthesizer is not None
         sink = WavSink(Path(folder) / "reply.wav", clock, realtime=True, rate_hz=engines.synthesizer.rate_hz)
         try:
-            pipeline = Pipeline(
-                engines, WavSource(turn.audio, clock), sink, tracer, design.streaming, design.early_start
-            )
-            await pipeline.run()
+            source = WavSource(audio, clock)
+            await Pipeline(engines, source, sink, tracer, design.streaming, design.early_start).run()
         finally:
             sink.close()
     return tracer.events
@@ -305,18 +308,8 @@ def _timed(work):
 def _listening_cpu_percent(engines: Engines, audio: AudioChunk) -> float:
     """CPU used by the whole process while it listens in real time, as % of one core."""
 
-    async def listen() -> None:
-        clock = Clock()
-        with tempfile.TemporaryDirectory() as folder:
-            assert engines.synthesizer is not None
-            sink = WavSink(Path(folder) / "reply.wav", clock, realtime=True, rate_hz=engines.synthesizer.rate_hz)
-            try:
-                await Pipeline(engines, WavSource(audio, clock), sink, Tracer(clock)).run()
-            finally:
-                sink.close()
-
     cpu_before, wall_before = time.process_time(), time.monotonic()
-    asyncio.run(listen())
+    asyncio.run(_hear_in_real_time(engines, audio, VOICEBOT))
     return round(100 * (time.process_time() - cpu_before) / (time.monotonic() - wall_before), 2)
 
 
