@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import struct
 import threading
 import time
 import wave
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import AsyncIterator, Callable, Protocol
 
 import numpy as np
+import soundfile
 import soxr
 
 from voicebot.errors import AudioDeviceError, AudioInputError, describe_os_error
@@ -72,70 +72,25 @@ class AudioChunk:
 
 
 def read_wav(path: str | Path) -> AudioChunk:
-    """Read a WAV of any rate and channel count (8/16/24/32-bit PCM or 32-bit float), mixed down to mono."""
+    """Read an audio file (WAV, FLAC, MP3 or OGG; any rate, channel count and sample format), mixed down to mono."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        # Python opens the file, not libsndfile, whose only reason for a missing file is "System error".
+        with path.open("rb") as file:
+            samples, rate_hz = soundfile.read(file, dtype="float32", always_2d=True)
     except FileNotFoundError:
-        raise AudioInputError(f"input WAV {path} does not exist; check the path") from None
+        raise AudioInputError(f"input audio file {path} does not exist; check the path") from None
     except OSError as error:
-        raise AudioInputError(f"cannot read input WAV {path}: {describe_os_error(error)}") from None
-    try:
-        format_tag, channels, rate, width, raw = _parse_wav(data)
-    except ValueError as error:
         raise AudioInputError(
-            f"input WAV {path} is not a readable WAV ({error}); convert it with: sox IN -b 16 OUT.wav"
+            f"cannot read input audio file {path}: {error.strerror or error}; check the path and its permissions"
         ) from None
-    usable = len(raw) - len(raw) % (width * channels)
-    if format_tag == WAVE_FORMAT_FLOAT:
-        samples = np.frombuffer(raw[:usable], "<f4").astype(np.float32)
-    else:
-        samples = _pcm_to_float(raw[:usable], width)
-    return AudioChunk(samples.reshape(-1, channels).mean(axis=1).astype(np.float32), rate)
-
-
-WAVE_FORMAT_PCM = 1
-WAVE_FORMAT_FLOAT = 3
-WAVE_FORMAT_EXTENSIBLE = 0xFFFE
-
-
-def _parse_wav(data: bytes) -> tuple[int, int, int, int, bytes]:
-    """(format, channels, rate, bytes per sample, sample data) from a RIFF WAVE file."""
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise ValueError("no RIFF/WAVE header")
-    fmt = None
-    position = 12
-    while position + 8 <= len(data):
-        chunk_id, size = data[position : position + 4], struct.unpack_from("<I", data, position + 4)[0]
-        body = data[position + 8 : position + 8 + size]
-        if chunk_id == b"fmt " and len(body) >= 16:
-            format_tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", body)
-            if format_tag == WAVE_FORMAT_EXTENSIBLE and len(body) >= 26:
-                format_tag = struct.unpack_from("<H", body, 24)[0]  # The sub-format GUID starts with the tag.
-            fmt = (format_tag, channels, rate, bits)
-        elif chunk_id == b"data":
-            if fmt is None:
-                raise ValueError("data before the fmt chunk")
-            format_tag, channels, rate, bits = fmt
-            supported = (format_tag == WAVE_FORMAT_PCM and bits in (8, 16, 24, 32)) or (
-                format_tag == WAVE_FORMAT_FLOAT and bits == 32
-            )
-            if not supported or channels < 1 or rate < 1000:
-                raise ValueError(f"unsupported format {format_tag}, {bits}-bit, {channels} channels, {rate} Hz")
-            return format_tag, channels, rate, bits // 8, body
-        position += 8 + size + (size & 1)
-    raise ValueError("no audio data chunk")
-
-
-def _pcm_to_float(raw: bytes, width: int) -> np.ndarray:
-    if width == 1:
-        return (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
-    if width == 2:
-        return np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
-    if width == 3:
-        bytes3 = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
-        return ((bytes3[:, 0] << 8) | (bytes3[:, 1] << 16) | (bytes3[:, 2] << 24)).astype(np.float32) / 2**31
-    return np.frombuffer(raw, "<i4").astype(np.float32) / 2**31
+    except soundfile.SoundFileError as error:
+        reason = (getattr(error, "error_string", "") or str(error)).removeprefix("Error : ").rstrip(".")
+        raise AudioInputError(
+            f"input audio file {path} is not readable audio ({reason}); "
+            "use WAV, FLAC, MP3 or OGG, or convert it with: ffmpeg -i IN OUT.wav"
+        ) from None
+    return AudioChunk(samples.mean(axis=1, dtype=np.float32), rate_hz)
 
 
 def write_wav(path: str | Path, audio: AudioChunk) -> None:
