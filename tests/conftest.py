@@ -14,15 +14,16 @@ import pytest
 from voicebot.audio import INPUT_RATE_HZ, AudioChunk, read_wav, write_wav
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_AUDIO = Path(os.environ.get("VOICEBOT_SHARED_AUDIO", REPO.parent / "shared" / "audio"))
+DATA = Path(__file__).resolve().parent / "data"
 TIMEOUT_S = 180
 
 
-def shared_clip(name: str) -> Path:
-    """A real recording from ../shared/audio (see its README for sources and transcripts)."""
-    path = SHARED_AUDIO / name
+def data_clip(name: str) -> Path:
+    """A real recording kept in tests/data (its README gives each one's source, licence and transcript)."""
+    path = DATA / name
     if not path.is_file():
-        pytest.fail(f"missing real recording {path}; set VOICEBOT_SHARED_AUDIO to the shared/audio folder")
+        kept = ", ".join(sorted(p.name for p in DATA.iterdir() if p.suffix != ".md"))
+        pytest.fail(f"no recording {name} in {DATA}; the recordings kept there are: {kept}")
     return path
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import espeak, shared_clip
+from conftest import data_clip, espeak
 
 from voicebot.asr import Transcriber, is_junk
 from voicebot.audio import INPUT_RATE_HZ, read_wav
@@ -24,7 +24,7 @@ def english() -> Transcriber:
 
 
 def test_real_speech_is_transcribed(english):
-    audio = read_wav(shared_clip("jfk.wav")).resampled(INPUT_RATE_HZ).samples
+    audio = read_wav(data_clip("jfk.flac")).resampled(INPUT_RATE_HZ).samples
 
     text = english.transcribe(audio).text.lower()
 
@@ -63,7 +63,7 @@ def test_junk_transcripts(text, junk):
 
 def test_auto_language_uses_the_multilingual_model_and_detects_english():
     auto = transcriber("auto")
-    audio = read_wav(shared_clip("jfk.wav")).resampled(INPUT_RATE_HZ).samples
+    audio = read_wav(data_clip("jfk.flac")).resampled(INPUT_RATE_HZ).samples
 
     transcript = auto.transcribe(audio)
 

@@ -8,7 +8,7 @@ import wave
 
 import numpy as np
 import pytest
-from conftest import shared_clip
+from conftest import data_clip
 
 from voicebot.audio import FRAME_SAMPLES, INPUT_RATE_HZ, AudioChunk, Clock, WavSink, WavSource, read_wav
 
@@ -23,8 +23,8 @@ from voicebot.audio import FRAME_SAMPLES, INPUT_RATE_HZ, AudioChunk, Clock, WavS
 )
 def test_any_pcm_wav_becomes_16k_mono(tmp_path, sox_args):
     converted = tmp_path / "converted.wav"
-    subprocess.run(["sox", str(shared_clip("jfk.wav")), *sox_args, str(converted)], check=True, timeout=60)
-    original = read_wav(shared_clip("jfk.wav")).samples
+    subprocess.run(["sox", str(data_clip("jfk.flac")), *sox_args, str(converted)], check=True, timeout=60)
+    original = read_wav(data_clip("jfk.flac")).samples
 
     audio = read_wav(converted).resampled(INPUT_RATE_HZ).samples
 
@@ -36,7 +36,7 @@ def test_any_pcm_wav_becomes_16k_mono(tmp_path, sox_args):
 def test_wav_source_paces_like_a_microphone():
     async def frames(realtime: bool):
         clock = Clock()
-        source = WavSource.from_file(shared_clip("alexa_real.wav"), clock, realtime=realtime)
+        source = WavSource.from_file(data_clip("alexa_real.wav"), clock, realtime=realtime)
         return [chunk async for chunk in source.frames()], clock.now()
 
     chunks, took_s = asyncio.run(frames(realtime=True))

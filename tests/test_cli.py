@@ -5,7 +5,7 @@ from __future__ import annotations
 import wave
 
 import pytest
-from conftest import run_voicebot, shared_clip
+from conftest import data_clip, run_voicebot
 
 BUNDLED = ["--set", "profile=bundled"]
 COMMANDS = ["run", "ask", "say", "transcribe", "devices"]
@@ -20,7 +20,7 @@ def test_every_command_has_help(command):
 
 
 def test_transcribe_prints_the_words():
-    result = run_voicebot("transcribe", *BUNDLED, str(shared_clip("jfk.wav")))
+    result = run_voicebot("transcribe", *BUNDLED, str(data_clip("jfk.flac")))
 
     assert result.returncode == 0, result.stderr
     assert "ask not what your country can do for you" in result.stdout.lower()

@@ -8,7 +8,7 @@ import wave
 from pathlib import Path
 
 import pytest
-from conftest import build_wav, espeak, run_voicebot, shared_clip
+from conftest import build_wav, data_clip, espeak, run_voicebot
 
 BUNDLED = [
     "--set",
@@ -59,7 +59,7 @@ def whisper():
 
 CASES = [
     pytest.param(
-        "alexa", lambda d: shared_clip("alexa_real.wav"), "Why is the sky blue?", {"blue", "sky"}, id="real-alexa"
+        "alexa", lambda d: data_clip("alexa_real.wav"), "Why is the sky blue?", {"blue", "sky"}, id="real-alexa"
     ),
     pytest.param(
         "hey_jarvis",
@@ -104,9 +104,9 @@ def test_spoken_question_gets_a_spoken_answer(
     assert len(heard & said) >= 0.5 * len(said), (heard, said)
 
 
-@pytest.mark.parametrize("clip", ["jfk.wav", "speech_long_no_wakeword.wav"])
+@pytest.mark.parametrize("clip", ["jfk.flac", "speech_long_no_wakeword.flac"])
 def test_speech_without_the_wake_word_gets_no_reply(tmp_path, clip):
-    _, events = run_assistant(tmp_path, shared_clip(clip), "--fast")
+    _, events = run_assistant(tmp_path, data_clip(clip), "--fast")
 
     assert not {e["event"] for e in events} & {"wake", "transcript", "sentence", "playback_start"}, events
     with wave.open(str(tmp_path / "reply.wav")) as reply:

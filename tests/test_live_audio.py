@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, build_wav, espeak, shared_clip
+from conftest import REPO, build_wav, data_clip, espeak
 
 try:
     from .pulse import SINK, PulseDaemon, PulseStartError
@@ -128,7 +128,7 @@ def names(events: list[dict]) -> list[str]:
 def test_live_microphone_and_speaker_answer_a_spoken_question(tmp_path, speech_dir, pulse):
     wav = build_wav(
         tmp_path / "room.wav",
-        [0.5, shared_clip("alexa_real.wav"), 0.3, espeak("What is the capital of France?", speech_dir), 2.0],
+        [0.5, data_clip("alexa_real.wav"), 0.3, espeak("What is the capital of France?", speech_dir), 2.0],
     )
     trace_path = tmp_path / "trace.jsonl"
     env = {**os.environ, **pulse.client_env}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import build_wav, espeak, shared_clip, speech_span
+from conftest import build_wav, data_clip, espeak, speech_span
 
 from voicebot.audio import FRAME_SAMPLES, INPUT_RATE_HZ, AudioChunk, read_wav
 from voicebot.config import VadConfig
@@ -75,7 +75,7 @@ def test_nobody_speaks_after_the_wake_word(tmp_path):
 
 
 def test_endless_talk_is_cut_at_the_maximum_length():
-    found, endpointer = endpoints_for(shared_clip("speech_long_no_wakeword.wav"), VadConfig(max_utterance_s=4.0))
+    found, endpointer = endpoints_for(data_clip("speech_long_no_wakeword.flac"), VadConfig(max_utterance_s=4.0))
 
     assert found[-1].kind is EndpointKind.MAX_LENGTH
     assert 3.9 < found[-1].at - found[0].at < 4.2
@@ -87,7 +87,7 @@ def test_streaming_matches_the_whole_file_at_once():
 
     from voicebot.vad import silero_model_path
 
-    audio = read_wav(shared_clip("jfk.wav")).samples[: 512 * 100]
+    audio = read_wav(data_clip("jfk.flac")).samples[: 512 * 100]
     batch = np.ravel(SileroVADModel(str(silero_model_path()))(audio))
     vad = SileroVad()
     streamed = [vad.probability(audio[i : i + 512]) for i in range(0, len(audio), 512)]

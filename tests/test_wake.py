@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import build_wav, espeak, shared_clip
+from conftest import build_wav, data_clip, espeak
 
 from voicebot.audio import FRAME_SAMPLES, INPUT_RATE_HZ, AudioChunk, read_wav
 from voicebot.config import WakeConfig
@@ -28,7 +28,7 @@ def detections(detector: WakeWordDetector, path) -> list:
     [("alexa", "alexa_real.wav"), ("hey_mycroft", "hey_mycroft_real.wav")],
 )
 def test_real_wake_words_are_heard_once(tmp_path, model, clip):
-    wav = build_wav(tmp_path / "in.wav", [1.0, shared_clip(clip), 1.5, shared_clip(clip), 1.0])
+    wav = build_wav(tmp_path / "in.wav", [1.0, data_clip(clip), 1.5, data_clip(clip), 1.0])
 
     found = detections(WakeWordDetector(WakeConfig(models=(model,), refractory_s=1.0)), wav)
 
@@ -44,13 +44,13 @@ def test_synthesised_hey_jarvis_with_the_default_model(tmp_path, speech_dir):
     assert len(found) == 1 and found[0].model.startswith("hey_jarvis") and found[0].score >= 0.5
 
 
-@pytest.mark.parametrize("clip", ["jfk.wav", "speech_long_no_wakeword.wav"])
+@pytest.mark.parametrize("clip", ["jfk.flac", "speech_long_no_wakeword.flac"])
 def test_speech_without_a_wake_word_is_not_heard(clip):
-    assert detections(WakeWordDetector(WakeConfig()), shared_clip(clip)) == []
+    assert detections(WakeWordDetector(WakeConfig()), data_clip(clip)) == []
 
 
 def test_refractory_period_makes_one_wake_word_fire_once(tmp_path):
-    wav = build_wav(tmp_path / "in.wav", [1.0, shared_clip("alexa_real.wav"), 0.2, shared_clip("alexa_real.wav"), 1.0])
+    wav = build_wav(tmp_path / "in.wav", [1.0, data_clip("alexa_real.wav"), 0.2, data_clip("alexa_real.wav"), 1.0])
 
     found = detections(WakeWordDetector(WakeConfig(models=("alexa",), refractory_s=3.0)), wav)
 
