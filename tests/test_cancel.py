@@ -10,8 +10,9 @@ import pytest
 
 from voicebot.audio import Clock, WavSink
 from voicebot.config import config_from_dict
+from voicebot.engines import Engines
 from voicebot.models import resolve_models
-from voicebot.pipeline import Engines, Responder
+from voicebot.reply import Responder
 from voicebot.trace import Tracer
 
 TIMEOUT_S = 60
@@ -36,7 +37,7 @@ async def wait_for_event(tracer: Tracer, name: str) -> None:
 def test_cancelling_stops_generation_synthesis_and_playback(engines, tmp_path, cancel_after):
     async def scenario():
         clock = Clock()
-        tracer = Tracer(clock)
+        tracer = Tracer(clock, keep=True)
         sink = WavSink(tmp_path / "reply.wav", clock, realtime=True, rate_hz=engines.synthesizer.rate_hz)
         reply = asyncio.create_task(Responder(engines, sink, tracer).respond(LONG_ANSWER))
         await asyncio.wait_for(wait_for_event(tracer, cancel_after), TIMEOUT_S)
@@ -69,7 +70,7 @@ def test_cancelling_stops_generation_synthesis_and_playback(engines, tmp_path, c
 def test_a_new_reply_works_after_a_cancelled_one(engines, tmp_path):
     async def scenario():
         clock = Clock()
-        tracer = Tracer(clock)
+        tracer = Tracer(clock, keep=True)
         sink = WavSink(tmp_path / "reply.wav", clock, realtime=False, rate_hz=engines.synthesizer.rate_hz)
         responder = Responder(engines, sink, tracer)
         first = asyncio.create_task(responder.respond(LONG_ANSWER))

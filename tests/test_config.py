@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from voicebot import config as config_module
-from voicebot.config import DEFAULT_SYSTEM_PROMPT, Config, config_keys, load_config
+from voicebot.config import DEFAULT_SYSTEM_PROMPT, Config, config_from_dict, config_keys, load_config
 from voicebot.errors import EX_CONFIG, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def section_classes() -> dict[str, str]:
 
 def test_default_file_loads_to_exactly_the_defaults():
     loaded = load_config(CONFIG_FILE)
-    assert loaded == Config()
+    assert loaded == config_from_dict({})
     assert loaded.llm.system_prompt == DEFAULT_SYSTEM_PROMPT
     assert loaded.wake.models == ("hey_jarvis",)
     assert loaded.source == str(CONFIG_FILE)
@@ -229,9 +229,9 @@ BAD_VALUES = {
         ["tts.volume: got 1.5", "expected a number from 0 to 1"],
     ),
     "int too high": (
-        "conversation:\n  history_turns: 51\n",
+        "llm:\n  top_k: 1001\n",
         2,
-        ["conversation.history_turns: got 51", "expected a whole number from 0 to 50"],
+        ["llm.top_k: got 1001", "expected a whole number from 0 to 1000"],
     ),
     "bad language": (
         "asr:\n  language: fr\n",
@@ -318,7 +318,7 @@ def test_a_file_that_is_not_utf8_is_an_error(tmp_path):
 
 def test_an_empty_file_means_the_defaults(tmp_path):
     path = write(tmp_path, "# everything commented out\n")
-    assert load_config(path) == Config()
+    assert load_config(path) == config_from_dict({})
 
 
 # --- --set overrides ------------------------------------------------------------------
@@ -358,7 +358,7 @@ def test_set_is_repeatable_and_the_last_one_wins(tmp_path):
 
 def test_set_works_without_a_file():
     config = load_config(overrides=["tts.cores=[0]"])
-    assert config == dataclasses.replace(Config(), tts=dataclasses.replace(Config().tts, cores=(0,)))
+    assert config == dataclasses.replace(config_from_dict({}), tts=dataclasses.replace(Config().tts, cores=(0,)))
     assert config.source == "built-in defaults"
 
 
@@ -431,7 +431,7 @@ def test_default_places_are_searched_in_order_when_nothing_is_given(tmp_path, mo
 
 def test_no_file_anywhere_means_the_built_in_defaults():
     config = load_config()
-    assert config == Config()
+    assert config == config_from_dict({})
     assert config.source == "built-in defaults"
 
 
@@ -486,3 +486,18 @@ def test_cli_config_error_exits_78_with_one_line_on_stderr(tmp_path, text, fragm
     for fragment in fragments:
         assert fragment in lines[0]
     assert result.returncode == EX_CONFIG == 78
+
+
+@pytest.mark.parametrize(
+    ("raw", "language"),
+    [
+        ({}, "auto"),
+        ({"profile": "pi"}, "auto"),
+        ({"profile": "bundled"}, "en"),
+        ({"profile": "bundled", "asr": {"language": "zh"}}, "zh"),
+        ({"profile": "pi", "asr": {"language": "en"}}, "en"),
+    ],
+)
+def test_the_spoken_language_defaults_by_profile(raw, language):
+    # pi has the multilingual Whisper, so it detects the language; bundled defaults to fast English-only tiny.en.
+    assert config_from_dict(raw).asr.language == language

@@ -1,4 +1,5 @@
-"""The LLM's conversation: history that stays within the context window, on the real model."""
+"""The LLM's conversation on the real model: history within its token budget, compressed in blocks,
+and a KV cache that stays valid from turn to turn."""
 
 from __future__ import annotations
 
@@ -8,70 +9,137 @@ import pytest
 
 from voicebot.config import ConversationConfig, LlmConfig, config_from_dict
 from voicebot.errors import RequestTooLargeError
-from voicebot.llm import ChatModel, Conversation
+from voicebot.llm import ChatModel, Conversation, Sampling, prompt_budget
 from voicebot.models import resolve_llm
 from voicebot.threads import PinnedWorker, available_cores
 
+PROMPTS = {"en": "You are a helpful assistant. Be brief.", "zh": "你是一个有用的助手。请简短回答。"}
+
 
 @pytest.fixture(scope="module")
-def chat():
+def worker():
     worker = PinnedWorker("llm-test", available_cores()[-1:])
-    config = LlmConfig(context_tokens=512, max_reply_tokens=64, seed=1, temperature=0.0)
-    model = ChatModel(resolve_llm(config_from_dict({"profile": "bundled"})), config, worker)
-    yield model
+    yield worker
     worker.close()
 
 
-def prompt_tokens(chat: ChatModel, messages: list[dict[str, str]]) -> int:
-    return sum(chat.count_tokens(m["content"]) + 8 for m in messages)
+@pytest.fixture(scope="module")
+def chat(worker):
+    config = LlmConfig(context_tokens=512, max_reply_tokens=64, seed=1, temperature=0.0)
+    return ChatModel(resolve_llm(config_from_dict({"profile": "bundled"})), config, worker)
 
 
-def test_history_is_trimmed_oldest_first_to_fit_the_context(chat):
-    conversation = Conversation(ConversationConfig(history_turns=50), "Be brief.")
-    for number in range(30):
-        conversation.add(f"Question {number}: tell me about topic {number} in detail.", "An answer. " * 12)
+def test_the_history_reaches_the_model_in_its_own_chat_template(chat):
+    conversation = Conversation(ConversationConfig(), PROMPTS)
+    conversation.add("Remember the word banana.", "OK, I will remember the word banana.")
 
-    messages = conversation.messages("What did I ask first?", chat)
+    tokens = conversation.prompt("Which word did I ask you to remember?", "en", chat)
 
-    assert prompt_tokens(chat, messages) + chat.max_reply_tokens <= chat.context_tokens
-    assert messages[0]["role"] == "system" and messages[-1]["content"] == "What did I ask first?"
-    kept = [m["content"] for m in messages if m["role"] == "user"][:-1]
-    assert kept and "Question 29" in kept[-1] and not any("Question 0:" in k for k in kept)
+    text = chat._llama.detokenize(tokens, special=True).decode()
+    # SmolLM2's ChatML template, rendered from the GGUF's own metadata, holds every turn in order.
+    assert text.index("<|im_start|>system\nYou are a helpful assistant.") < text.index(
+        "<|im_start|>user\nRemember the word banana.<|im_end|>"
+    )
+    assert text.index("<|im_start|>assistant\nOK, I will remember the word banana.<|im_end|>") < text.index(
+        "<|im_start|>user\nWhich word did I ask you to remember?<|im_end|>"
+    )
+    assert text.endswith("<|im_start|>assistant\n")
+    # The role markers are single special tokens, not text spelled out in pieces.
+    assert (
+        tokens.count(chat._llama.tokenize(b"<|im_start|>", add_bos=False, special=True)[0]) == 5
+    )  # system, 2 turns, the new question, the answer
 
 
-def test_history_turns_caps_what_is_remembered(chat):
-    conversation = Conversation(ConversationConfig(history_turns=2), "Be brief.")
-    for number in range(5):
-        conversation.add(f"q{number}", f"a{number}")
+def test_the_language_picks_the_system_prompt(chat):
+    conversation = Conversation(ConversationConfig(), PROMPTS)
 
-    messages = conversation.messages("next", chat)
+    chinese = chat._llama.detokenize(conversation.prompt("今天天气怎么样？", "zh", chat), special=True).decode()
+    english = chat._llama.detokenize(conversation.prompt("How is the weather?", "en", chat), special=True).decode()
 
-    assert [m["content"] for m in messages[1:]] == ["q3", "a3", "q4", "a4", "next"]
+    assert PROMPTS["zh"] in chinese and PROMPTS["en"] not in chinese
+    assert PROMPTS["en"] in english
+
+
+def test_a_long_history_is_compressed_in_one_block_well_below_the_budget(chat, worker):
+    conversation = Conversation(ConversationConfig(compress="drop"), PROMPTS)
+    for number in range(12):
+        conversation.add(f"Question {number}: tell me about topic {number}.", f"Topic {number} is interesting. " * 4)
+    budget = prompt_budget(chat)
+    before = len(chat.prompt_tokens(conversation.messages(), add_generation_prompt=False))
+    assert before > budget
+
+    done = worker.call(conversation.compress, chat, Sampling(max_tokens=8, seed=1))
+
+    after = len(chat.prompt_tokens(conversation.messages(), add_generation_prompt=False))
+    assert done is not None and done.method == "drop" and done.tokens_before == before
+    assert after == done.tokens_after <= 0.4 * budget
+    # The newest turns are kept, whole and in order; the oldest went in one block.
+    kept = [exchange.question for exchange in conversation.exchanges]
+    assert kept and kept[-1].startswith("Question 11:")
+    assert kept == [f"Question {n}: tell me about topic {n}." for n in range(12 - len(kept), 12)]
+    # A history under the threshold is left alone, so the KV cache stays valid.
+    assert worker.call(conversation.compress, chat, Sampling(max_tokens=8, seed=1)) is None
+
+
+def test_summary_compression_keeps_a_summary_in_the_system_prompt(chat, worker):
+    conversation = Conversation(ConversationConfig(compress="summary"), PROMPTS)
+    for number in range(8):
+        conversation.add(f"My cat number {number} is called Tom{number}.", f"Nice, Tom{number} is a fine name. " * 3)
+
+    done = worker.call(conversation.compress, chat, Sampling(max_tokens=8, seed=1, temperature=0.0))
+
+    assert done is not None and done.method == "summary" and conversation.summary
+    system = conversation.messages()[0]["content"]
+    assert system.startswith(PROMPTS["en"]) and f"Earlier in this conversation: {conversation.summary}" in system
+    assert done.tokens_after < done.tokens_before
+
+
+def test_most_turns_evaluate_only_the_new_question(chat, worker):
+    conversation = Conversation(ConversationConfig(), PROMPTS)
+    sampling = Sampling(max_tokens=24, seed=1, temperature=0.0)
+
+    def turn(question: str):
+        tokens = conversation.prompt(question, "en", chat)
+        cost = chat.prompt_cost(tokens)
+        answer = chat.complete(tokens, sampling)
+        return tokens, cost, answer
+
+    costs = []
+    for question in ("What is the capital of France?", "And of Italy?", "Which is bigger?"):
+        tokens, cost, answer = worker.call(turn, question)
+        conversation.add(question, answer)
+        costs.append((cost, len(chat.prompt_tokens([{"role": "user", "content": question}], False))))
+
+    for cost, question_tokens in costs[1:]:
+        # The earlier turns come from the cache: what is evaluated is the question, its role markers,
+        # and the end of the previous answer.
+        assert cost.cached > 0.6 * cost.tokens, cost
+        assert cost.evaluated <= question_tokens + 8, (cost, question_tokens)
 
 
 def test_a_quiet_spell_forgets_the_conversation(chat):
-    conversation = Conversation(ConversationConfig(forget_after_s=1.0), "Be brief.")
+    conversation = Conversation(ConversationConfig(forget_after_s=1.0), PROMPTS)
     conversation.add("My name is Ada.", "Hello Ada.")
     conversation.last_activity = time.monotonic() - 2.0
 
-    assert len(conversation.messages("What is my name?", chat)) == 2
+    text = chat._llama.detokenize(conversation.prompt("What is my name?", "en", chat), special=True).decode()
+
+    assert "Ada" not in text and conversation.exchanges == []
 
 
 def test_a_question_too_long_for_the_context_is_refused(chat):
-    conversation = Conversation(ConversationConfig(), "Be brief.")
+    conversation = Conversation(ConversationConfig(), PROMPTS)
 
     with pytest.raises(RequestTooLargeError, match=r"too long for the LLM's context .* raise llm.context_tokens"):
-        conversation.messages("Tell me about the weather. " * 200, chat)
+        conversation.prompt("Tell me about the weather. " * 200, "en", chat)
 
 
-def test_the_model_hears_the_history(chat):
-    # SmolLM2-135M is a weak memory, but it repeats a word it was given, and never invents this one.
-    def answer(conversation: Conversation) -> str:
-        return "".join(chat.stream(conversation.messages("Which word did I ask you to remember?", chat)))
+def test_a_long_question_pushes_out_old_turns_rather_than_failing(chat):
+    conversation = Conversation(ConversationConfig(), PROMPTS)
+    for number in range(3):
+        conversation.add(f"Question {number}.", "An answer. " * 20)
 
-    remembering = Conversation(ConversationConfig(), "You are a helpful assistant.")
-    remembering.add("Remember the word banana.", "OK, I will remember the word banana.")
-    fresh = Conversation(ConversationConfig(), "You are a helpful assistant.")
+    tokens = conversation.prompt("Tell me about the weather. " * 40, "en", chat)
 
-    assert "banana" in answer(remembering).lower()
-    assert "banana" not in answer(fresh).lower()
+    assert len(tokens) <= prompt_budget(chat)
+    assert len(conversation.exchanges) < 3

@@ -109,17 +109,34 @@ class AudioSource(Protocol):
 
 
 class WavSource:
-    """A WAV file heard like a microphone: at real-time pace, or as fast as it is taken."""
+    """A WAV file heard like a microphone: at real-time pace, or as fast as it is taken.
 
-    def __init__(self, audio: AudioChunk, clock: Clock, realtime: bool = True) -> None:
+    With `echo`, what the speaker played is mixed back in, as a microphone in the same room hears it:
+    `echo(frame_end_t, samples)` returns the echo for the frame that ends at that clock time.
+    """
+
+    def __init__(
+        self,
+        audio: AudioChunk,
+        clock: Clock,
+        realtime: bool = True,
+        echo: Callable[[float, int], np.ndarray] | None = None,
+    ) -> None:
         self.audio = audio.resampled(INPUT_RATE_HZ)
         self.clock = clock
         self.realtime = realtime
+        self.echo = echo
 
     @classmethod
-    def from_file(cls, path: str | Path, clock: Clock, realtime: bool = True) -> WavSource:
-        """Hear a WAV file of any rate and channel count."""
-        return cls(read_wav(path), clock, realtime)
+    def from_file(
+        cls,
+        path: str | Path,
+        clock: Clock,
+        realtime: bool = True,
+        echo: Callable[[float, int], np.ndarray] | None = None,
+    ) -> WavSource:
+        """Hear an audio file of any rate and channel count."""
+        return cls(read_wav(path), clock, realtime, echo)
 
     async def frames(self) -> AsyncIterator[AudioChunk]:
         """Yield the file in 80 ms chunks; the clock starts with the first one."""
@@ -134,6 +151,8 @@ class WavSource:
                 await asyncio.sleep(max(0.0, heard_at - self.clock.now()))
             else:
                 await asyncio.sleep(0)
+            if self.echo is not None:
+                frame = np.clip(frame + self.echo(heard_at, FRAME_SAMPLES), -1.0, 1.0).astype(np.float32)
             yield AudioChunk(frame, INPUT_RATE_HZ, self.clock.now())
 
 
@@ -231,6 +250,49 @@ class MicrophoneSource:
         self._queue.put_nowait(item)
 
 
+class PlaybackTimeline:
+    """What reached the speaker and when, at 16 kHz on the pipeline's clock.
+
+    It is the echo canceller's far-end reference, and the source of the simulated echo in file
+    mode. Sinks add audio as they schedule it and cut it where playback stopped; the listener
+    renders the stretch that matches each microphone frame.
+    """
+
+    def __init__(self, keep_s: float = 30.0) -> None:
+        self._lock = threading.Lock()
+        self._spans: collections.deque[tuple[int, np.ndarray]] = collections.deque()
+        self._keep_samples = int(keep_s * INPUT_RATE_HZ)
+
+    def add(self, starts_at: float, chunk: AudioChunk) -> None:
+        """`chunk` starts playing at clock time `starts_at`."""
+        samples = chunk.resampled(INPUT_RATE_HZ).samples
+        if len(samples) == 0:
+            return
+        start = round(starts_at * INPUT_RATE_HZ)
+        with self._lock:
+            self._spans.append((start, samples))
+            while self._spans and self._spans[0][0] + len(self._spans[0][1]) < start - self._keep_samples:
+                self._spans.popleft()
+
+    def cut(self, at: float) -> None:
+        """Nothing scheduled after clock time `at` was played."""
+        end = round(at * INPUT_RATE_HZ)
+        with self._lock:
+            kept = [(start, samples[: max(0, end - start)]) for start, samples in self._spans if start < end]
+            self._spans = collections.deque(span for span in kept if len(span[1]))
+
+    def render(self, ends_at: float, count: int) -> np.ndarray:
+        """The `count` samples played up to clock time `ends_at` (silence where nothing played)."""
+        out = np.zeros(count, np.float32)
+        first = round(ends_at * INPUT_RATE_HZ) - count
+        with self._lock:
+            for start, samples in self._spans:
+                low, high = max(start, first), min(start + len(samples), first + count)
+                if low < high:
+                    out[low - first : high - first] += samples[low - start : high - start]
+        return out
+
+
 class AudioSink(Protocol):
     """Where replies are heard."""
 
@@ -243,8 +305,12 @@ class AudioSink(Protocol):
     async def drain(self) -> None:
         """Wait until everything queued has been heard."""
 
-    def stop(self) -> None:
-        """Silence the output now and drop everything queued."""
+    def stop(self) -> float:
+        """Silence the output now, including audio already queued in the device; returns when it fell silent."""
+
+    @property
+    def heard_s(self) -> float:
+        """Seconds of the current reply that have reached the output so far."""
 
     def close(self) -> None:
         """Release the output."""
@@ -254,13 +320,22 @@ class WavSink:
     """A WAV file heard like a speaker: audio is 'played' at real-time pace, or at once with realtime=False.
 
     Only audio whose play time has come is written, so a reply cut short is cut short in the file too.
+    Silence between replies is not written.
     """
 
-    def __init__(self, path: str | Path, clock: Clock, realtime: bool = True, rate_hz: int = 22050) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        clock: Clock,
+        realtime: bool = True,
+        rate_hz: int = 22050,
+        timeline: PlaybackTimeline | None = None,
+    ) -> None:
         self.path = Path(path)
         self.clock = clock
         self.realtime = realtime
         self.rate_hz = rate_hz
+        self.timeline = timeline
         try:
             self._wav = wave.open(str(self.path), "wb")  # noqa: SIM115 - open for the sink's life, closed in close()
         except OSError as error:
@@ -271,9 +346,13 @@ class WavSink:
         self._pending: collections.deque[tuple[float, AudioChunk]] = collections.deque()
         self._play_head = 0.0
         self._on_first_sample: Callable[[float], None] | None = None
+        self._reply: list[tuple[float, float]] = []  # (start, seconds) of each chunk of the current reply
+        self._stopped_at: float | None = None
 
     def start(self, on_first_sample: Callable[[float], None]) -> None:
         self._on_first_sample = on_first_sample
+        self._reply = []
+        self._stopped_at = None
 
     async def play(self, chunk: AudioChunk) -> None:
         chunk = chunk.resampled(self.rate_hz)
@@ -283,6 +362,9 @@ class WavSink:
             self._on_first_sample(starts_at)
             self._on_first_sample = None
         self._pending.append((starts_at, chunk))
+        self._reply.append((starts_at, chunk.seconds))
+        if self.timeline is not None:
+            self.timeline.add(starts_at, chunk)
         self._play_head = starts_at + chunk.seconds
         self._write_heard(now)
 
@@ -291,9 +373,22 @@ class WavSink:
             await asyncio.sleep(max(0.0, self._play_head - self.clock.now()))
         self._write_heard(float("inf"))
 
-    def stop(self) -> None:
-        self._write_heard(self.clock.now(), cut=True)
-        self._play_head = self.clock.now()
+    def stop(self) -> float:
+        now = self.clock.now()
+        self._write_heard(now, cut=True)
+        self._play_head = now
+        if self._stopped_at is None:
+            self._stopped_at = now
+        if self.timeline is not None:
+            self.timeline.cut(now)
+        return now
+
+    @property
+    def heard_s(self) -> float:
+        if not self.realtime:
+            return sum(seconds for _, seconds in self._reply)
+        now = self.clock.now() if self._stopped_at is None else self._stopped_at
+        return sum(min(seconds, max(0.0, now - start)) for start, seconds in self._reply)
 
     def close(self) -> None:
         self._write_heard(float("inf"))
@@ -320,10 +415,17 @@ class WavSink:
 class SpeakerSink:
     """The speaker through PortAudio: one stream kept open, fed from a buffer so sentences join without gaps."""
 
-    def __init__(self, device: int | str | None, clock: Clock, rate_hz: int | None = None) -> None:
+    def __init__(
+        self,
+        device: int | str | None,
+        clock: Clock,
+        rate_hz: int | None = None,
+        timeline: PlaybackTimeline | None = None,
+    ) -> None:
         import sounddevice as sd
 
         self.clock = clock
+        self.timeline = timeline
         self.device = _find_device(sd, device, "output")
         try:
             self.rate_hz = int(rate_hz or sd.query_devices(self.device, "output")["default_samplerate"])
@@ -341,6 +443,8 @@ class SpeakerSink:
         self._error: str | None = None
         self._resampler: soxr.ResampleStream | None = None
         self._resampler_rate_hz = 0
+        self._reply_samples = 0  # samples of the current reply handed to the device
+        self._last_sound_at = float("-inf")
         try:
             self._stream = sd.OutputStream(
                 samplerate=self.rate_hz,
@@ -373,6 +477,9 @@ class SpeakerSink:
                     self._buffer[0] = head[take:]
                 filled += take
             self._queued_samples -= filled
+            self._reply_samples += filled
+            if filled:
+                self._last_sound_at = time.monotonic()
             callback = self._on_first_sample if first_sample_at is not None else None
             if callback is not None:
                 self._on_first_sample = None
@@ -391,10 +498,15 @@ class SpeakerSink:
         self._resampler = None
         with self._lock:
             self._on_first_sample = on_first_sample
+            self._reply_samples = 0
 
     async def play(self, chunk: AudioChunk) -> None:
         if self._error or not self._stream.active:
             raise AudioDeviceError(self._error or f"speaker {self.device or 'default'} vanished")
+        if self.timeline is not None:
+            with self._lock:
+                ahead_s = self._queued_samples / self.rate_hz
+            self.timeline.add(self.clock.now() + ahead_s + self._stream.latency, chunk)
         self._enqueue(self._resample(chunk))
 
     def _resample(self, chunk: AudioChunk, last: bool = False) -> np.ndarray:
@@ -428,12 +540,30 @@ class SpeakerSink:
             await asyncio.sleep(min(0.05, remaining / self.rate_hz))
         await asyncio.sleep(self._stream.latency)
 
-    def stop(self) -> None:
+    def stop(self) -> float:
         self._resampler = None
         with self._lock:
             self._buffer.clear()
             self._queued_samples = 0
             self._on_first_sample = None
+            sounding = time.monotonic() - self._last_sound_at < self._stream.latency + 0.1
+        if sounding:
+            # Abort drops what the device has queued, which would otherwise play on for its latency.
+            try:
+                self._stream.abort()
+                self._stream.start()
+            except Exception as error:
+                self._error = f"speaker {self.device or 'default'} failed to restart: {error}"
+        stopped_at = self.clock.now()
+        if self.timeline is not None:
+            self.timeline.cut(stopped_at)
+        return stopped_at
+
+    @property
+    def heard_s(self) -> float:
+        with self._lock:
+            handed_s = self._reply_samples / self.rate_hz
+        return max(0.0, handed_s - self._stream.latency)
 
     def close(self) -> None:
         self.stop()

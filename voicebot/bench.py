@@ -30,10 +30,11 @@ import numpy as np
 from voicebot.audio import INPUT_RATE_HZ, AudioChunk, Clock, WavSink, WavSource
 from voicebot.chunker import SentenceChunker
 from voicebot.config import Config
+from voicebot.engines import Engines
 from voicebot.errors import VoicebotError
-from voicebot.llm import Conversation
+from voicebot.llm import Conversation, Sampling, system_prompts
 from voicebot.models import resolve_models
-from voicebot.pipeline import Engines, Pipeline
+from voicebot.pipeline import Pipeline
 from voicebot.threads import iterate_in_worker
 from voicebot.trace import Tracer
 from voicebot.vad import PRE_ROLL_S, TAIL_S
@@ -224,7 +225,7 @@ async def _hear_in_real_time(engines: Engines, audio: AudioChunk, design: Design
     """Run the real pipeline on `audio`, fed and played at real-time pace; returns its trace."""
     assert engines.synthesizer is not None
     clock = Clock()
-    tracer = Tracer(clock)
+    tracer = Tracer(clock, keep=True)
     with tempfile.TemporaryDirectory() as folder:
         sink = WavSink(Path(folder) / "reply.wav", clock, realtime=True, rate_hz=engines.synthesizer.rate_hz)
         try:
@@ -270,11 +271,10 @@ def _floor(engines: Engines, config: Config, turn: ReferenceTurn, events: list[d
     utterance = turn.audio.samples[start:end]
     asr_s, transcript = _timed(lambda: engines.asr_worker.call(engines.transcriber.transcribe, utterance))
     question = _first(events, "transcript")["text"] or transcript.text
-    messages = engines.llm_worker.call(
-        Conversation(config.conversation, config.llm.system_prompt).messages, question, engines.chat
-    )
-    _first_sentence(engines, config, messages)  # Warm llama.cpp's prompt cache with this very prompt.
-    llm_s, sentence = _timed(lambda: _first_sentence(engines, config, messages))
+    conversation = Conversation(config.conversation, system_prompts(config.llm))
+    tokens = engines.llm_worker.call(conversation.prompt, question, "en", engines.chat)
+    _first_sentence(engines, config, tokens)  # Warm llama.cpp's prompt cache with this very prompt.
+    llm_s, sentence = _timed(lambda: _first_sentence(engines, config, tokens))
     tts_s, _ = _timed(lambda: engines.tts_worker.call(lambda: next(iter(engines.synthesizer.synthesize(sentence)))))
     total = config.vad.hangover_s + asr_s + llm_s + tts_s
     return {
@@ -286,11 +286,12 @@ def _floor(engines: Engines, config: Config, turn: ReferenceTurn, events: list[d
     }
 
 
-def _first_sentence(engines: Engines, config: Config, messages: list[dict[str, str]]) -> str:
+def _first_sentence(engines: Engines, config: Config, tokens: list[int]) -> str:
     async def first() -> str:
         chunker = SentenceChunker(config.tts.first_piece_chars, config.tts.max_piece_chars)
         assert engines.llm_worker and engines.chat
-        async for token in iterate_in_worker(engines.llm_worker, lambda: engines.chat.stream(messages)):
+        sampling = Sampling.from_config(config.llm)
+        async for token in iterate_in_worker(engines.llm_worker, lambda: engines.chat.stream(tokens, sampling)):
             pieces = chunker.feed(token)
             if pieces:
                 return pieces[0]

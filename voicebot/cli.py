@@ -17,6 +17,7 @@ from voicebot.audio import (
     AudioSink,
     Clock,
     MicrophoneSource,
+    PlaybackTimeline,
     SpeakerSink,
     WavSink,
     WavSource,
@@ -24,10 +25,13 @@ from voicebot.audio import (
     read_wav,
 )
 from voicebot.config import Config, load_config
+from voicebot.engines import Engines
 from voicebot.errors import AudioDeviceError, VoicebotError
 from voicebot.models import resolve_models
-from voicebot.pipeline import Engines, Pipeline, Responder
+from voicebot.pipeline import Pipeline
+from voicebot.reply import Responder
 from voicebot.trace import Tracer
+from voicebot.tts import language_of
 
 log = logging.getLogger("voicebot")
 
@@ -78,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --input: feed the file as fast as the pipeline takes it, not in real time",
     )
+    run.add_argument(
+        "--echo",
+        metavar="GAIN[,DELAY_MS]",
+        help="with --input: mix the replies back into the input, as a speaker heard by the microphone "
+        "across a small room (e.g. 0.5,30), to test echo cancellation and self-wake",
+    )
 
     ask = commands.add_parser(
         "ask",
@@ -120,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="one turn and 3 s of idle listening: a quick check that the benchmark works",
     )
 
+    chat = commands.add_parser(
+        "chat",
+        parents=[common],
+        help="talk to the assistant in text",
+        description="Read questions from standard input, one per line, and print the answers, with the same LLM, "
+        "memory and chunker as the voice loop. Exits at the end of input.",
+    )
+    chat.add_argument("--speak", action="store_true", help="also speak the answers")
+    chat.add_argument("--output", metavar="WAV", help="with --speak: write the speech to this WAV file")
+    chat.add_argument("--trace", metavar="FILE", help="write pipeline events as JSON Lines to FILE")
+
     commands.add_parser(
         "devices",
         parents=[common],
@@ -150,13 +171,19 @@ def main(argv: list[str] | None = None) -> int:
 async def _run(args: argparse.Namespace, config: Config) -> int:
     if args.fast and not args.input:
         raise VoicebotError("--fast needs --input: only a file can be heard faster than real time")
+    if args.echo and (not args.input or args.fast):
+        raise VoicebotError("--echo needs --input in real time: it mixes the replies back into that file as it plays")
     started = time.monotonic()
     clock = Clock()
-    source = WavSource.from_file(args.input, clock, realtime=not args.fast) if args.input else None
+    timeline = PlaybackTimeline()
+    source = None
+    if args.input:
+        echo = _room_echo(args.echo, timeline) if args.echo else None
+        source = WavSource.from_file(args.input, clock, realtime=not args.fast, echo=echo)
     tracer = Tracer(clock, args.trace)
     engines = _load_engines(config, frozenset({"listen", "asr", "llm", "tts"}))
     try:
-        sink = _open_sink(args.output, config, clock, engines, realtime=not args.fast)
+        sink = _open_sink(args.output, config, clock, engines, realtime=not args.fast, timeline=timeline)
         try:
             log.info(
                 "ready in %.1f s (profile %s, config %s)", time.monotonic() - started, config.profile, config.source
@@ -166,6 +193,7 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
                 source or MicrophoneSource(config.audio.input_device, clock, config.audio.input_queue_s),
                 sink,
                 tracer,
+                timeline=timeline,
             )
             await _until_signal(_run_pipeline(pipeline, retry_microphone=source is None))
         finally:
@@ -174,6 +202,18 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
         engines.close()
         tracer.close()
     return 0
+
+
+def _room_echo(option: str, timeline: PlaybackTimeline):
+    """The echo a microphone would hear of the replies, for --echo GAIN[,DELAY_MS]."""
+    from voicebot.echo import RoomEcho, parse_echo_option
+
+    try:
+        gain, delay_ms = parse_echo_option(option)
+    except ValueError as error:
+        raise VoicebotError(str(error)) from None
+    room = RoomEcho(gain, delay_ms)
+    return lambda frame_end_t, samples: room.apply(timeline.render(frame_end_t, samples))
 
 
 async def _run_pipeline(pipeline: Pipeline, retry_microphone: bool) -> None:
@@ -189,13 +229,16 @@ async def _run_pipeline(pipeline: Pipeline, retry_microphone: bool) -> None:
 
 
 async def _ask(args: argparse.Namespace, config: Config) -> int:
+    question = _text_argument(args.text, "ask", "a question")
     clock = Clock()
     tracer = Tracer(clock, args.trace)
     engines = _load_engines(config, frozenset({"llm", "tts"}))
     try:
         sink = _open_sink(args.output, config, clock, engines, realtime=args.output is None)
         try:
-            reply = await _until_signal(Responder(engines, sink, tracer).respond(args.text))
+            responder = Responder(engines, sink, tracer)
+            reply = await _until_signal(responder.respond(question, language=language_of(question)))
+            await responder.close()
         finally:
             sink.close()
     finally:
@@ -207,17 +250,78 @@ async def _ask(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _say(args: argparse.Namespace, config: Config) -> int:
+    text = _text_argument(args.text, "say", "some text")
     clock = Clock()
     engines = _load_engines(config, frozenset({"tts"}))
     try:
         sink = _open_sink(args.output, config, clock, engines, realtime=args.output is None)
         try:
-            await _until_signal(Responder(engines, sink, Tracer(clock)).say(args.text))
+            await _until_signal(Responder(engines, sink, Tracer(clock)).say(text, language=language_of(text)))
         finally:
             sink.close()
     finally:
         engines.close()
     return 0
+
+
+def _text_argument(text: str, command: str, what: str) -> str:
+    """The text given on the command line, refused when there is nothing in it to say."""
+    if not any(char.isalnum() for char in text):
+        raise VoicebotError(
+            f'{command}: the text {text!r} has nothing to say; give {what}, e.g. voicebot {command} "Hello"'
+        )
+    return text
+
+
+async def _chat(args: argparse.Namespace, config: Config) -> int:
+    if args.output and not args.speak:
+        raise VoicebotError("--output needs --speak: only spoken answers can be written to a WAV file")
+    clock = Clock()
+    tracer = Tracer(clock, args.trace)
+    engines = _load_engines(config, frozenset({"llm", "tts"} if args.speak else {"llm"}))
+    try:
+        sink = _open_sink(args.output, config, clock, engines, realtime=args.output is None) if args.speak else None
+        try:
+            await _until_signal(_chat_loop(engines, sink, tracer))
+        finally:
+            if sink is not None:
+                sink.close()
+    finally:
+        engines.close()
+        tracer.close()
+    return 0
+
+
+async def _chat_loop(engines: Engines, sink: AudioSink | None, tracer: Tracer) -> None:
+    """Answer each line of standard input in one conversation, printing the answer as it is written."""
+    loop = asyncio.get_running_loop()
+    interactive = sys.stdin.isatty()
+
+    def show(piece: str) -> None:
+        print(piece, end=" ", flush=True)
+
+    responder = Responder(engines, sink, tracer, on_piece=show)
+    try:
+        while True:
+            if interactive:
+                print("> ", end="", flush=True)
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                break
+            question = line.strip()
+            if not any(char.isalnum() for char in question):
+                continue
+            tracer.emit("question", text=question)
+            reason = "answered"
+            try:
+                await responder.respond(question, language=language_of(question))
+            except VoicebotError as error:
+                reason = "error"
+                print(f"voicebot: {error}", file=sys.stderr)
+            tracer.emit("turn_end", reason=reason)
+            print(flush=True)
+    finally:
+        await responder.close()
 
 
 async def _transcribe(args: argparse.Namespace, config: Config) -> int:
@@ -248,7 +352,7 @@ async def _bench(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-_COMMANDS = {"run": _run, "ask": _ask, "say": _say, "transcribe": _transcribe, "bench": _bench}
+_COMMANDS = {"run": _run, "ask": _ask, "say": _say, "chat": _chat, "transcribe": _transcribe, "bench": _bench}
 
 
 def _load_engines(config: Config, stages: frozenset[str]) -> Engines:
@@ -257,11 +361,18 @@ def _load_engines(config: Config, stages: frozenset[str]) -> Engines:
     return engines
 
 
-def _open_sink(output: str | None, config: Config, clock: Clock, engines: Engines, realtime: bool) -> AudioSink:
+def _open_sink(
+    output: str | None,
+    config: Config,
+    clock: Clock,
+    engines: Engines,
+    realtime: bool,
+    timeline: PlaybackTimeline | None = None,
+) -> AudioSink:
     assert engines.synthesizer is not None
     if output:
-        return WavSink(Path(output), clock, realtime=realtime, rate_hz=engines.synthesizer.rate_hz)
-    return SpeakerSink(config.audio.output_device, clock, config.audio.output_sample_rate_hz)
+        return WavSink(Path(output), clock, realtime=realtime, rate_hz=engines.synthesizer.rate_hz, timeline=timeline)
+    return SpeakerSink(config.audio.output_device, clock, config.audio.output_sample_rate_hz, timeline=timeline)
 
 
 async def _until_signal(work):

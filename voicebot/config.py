@@ -43,6 +43,10 @@ class AudioConfig:
     """Rate to open the speaker at; null for the device's default. Replies are resampled to it."""
     input_queue_s: float = setting(2.0, min=0.2, max=30.0)
     """How much microphone audio may wait for the pipeline before frames are dropped and counted."""
+    echo_canceller: Literal["webrtc", "speex", "none"] = "webrtc"
+    """Remove the assistant's own voice from the microphone, with the reply as reference, so it never
+    wakes itself: webrtc (WebRTC AEC3), speex, or none (e.g. when PulseAudio's or PipeWire's
+    echo-cancel module already does it; see docs/echo.md)."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +82,9 @@ class VadConfig:
 class AsrConfig:
     """Speech recognition with faster-whisper (int8, CPU)."""
 
-    language: Literal["en", "zh", "auto"] = "en"
-    """Spoken language: en, zh, or auto to detect it for each question."""
+    language: Optional[Literal["en", "zh", "auto"]] = None
+    """Spoken language: en, zh, or auto to detect it for each question (multilingual Whisper);
+    null for the profile's default: auto on pi, en on bundled."""
     beam_size: int = setting(1, min=1, max=10)
     """Beam search width; 1 (greedy) is fastest."""
     no_speech_prob_max: float = setting(0.6, min=0.0, max=1.0)
@@ -94,7 +99,11 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful voice assistant on a small computer in someone's home. "
     "Your words are spoken aloud, so answer in one to three short sentences of plain text: "
     "no markdown, no lists, no code, no emoji, no URLs. "
-    "Answer in the language of the question: English for English, Chinese for Chinese."
+    "If asked to do something you cannot do, such as switching a light, say so in one sentence."
+)
+DEFAULT_SYSTEM_PROMPT_ZH = (
+    "你是家里一台小电脑上的语音助手。你的回答会被朗读出来，所以请用一到三句简短的中文口语回答，"
+    "不要使用 Markdown、列表、代码、表情符号或网址。如果被要求做你做不到的事情，比如开关灯，就用一句话说明。"
 )
 
 
@@ -103,17 +112,25 @@ class LlmConfig:
     """The local language model, through llama-cpp-python."""
 
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    """Instructions given to the model before every conversation."""
+    """Instructions given to the model for questions in English (and any language but Chinese)."""
+    system_prompt_zh: str = DEFAULT_SYSTEM_PROMPT_ZH
+    """Instructions given to the model for questions in Chinese."""
     context_tokens: int = setting(2048, min=256, max=32768)
-    """Context window (n_ctx). History is trimmed to fit it."""
+    """Context window (n_ctx). The conversation is compressed to fit it, with room for the answer."""
     max_reply_tokens: int = setting(200, min=8, max=4096)
-    """Longest reply, in tokens."""
+    """Longest reply, in tokens; this much of the context is kept free for the answer."""
     temperature: float = setting(0.7, min=0.0, max=2.0)
-    """Sampling temperature; 0 always picks the likeliest token."""
-    top_p: float = setting(0.9, min=0.01, max=1.0)
+    """Sampling temperature; 0 always picks the likeliest token. Defaults follow Qwen2.5's advice."""
+    top_k: int = setting(20, min=0, max=1000)
+    """Sample only from the k likeliest tokens; 0 turns this off."""
+    top_p: float = setting(0.8, min=0.01, max=1.0)
     """Nucleus sampling cut-off."""
+    repeat_penalty: float = setting(1.05, min=1.0, max=2.0)
+    """Penalty for repeating recent tokens, so a small model does not loop; 1 turns it off."""
     seed: Optional[int] = setting(None, min=0, max=2**31 - 1)
     """Sampling seed, for repeatable replies; null for a new one each time."""
+    stall_timeout_s: float = setting(20.0, min=1.0, max=600.0)
+    """A generation that yields no token for this long is abandoned, with the error earcon."""
     cores: Cores = "auto"
     """CPU cores the inference threads are pinned to; one thread per core. auto: every core but
     core 0 (all of them on a 1-core machine)."""
@@ -137,12 +154,33 @@ class TtsConfig:
 
 @dataclass(frozen=True)
 class ConversationConfig:
-    """Multi-turn memory."""
+    """Talking with the assistant: barge-in, follow-ups, memory and how long it speaks."""
 
-    history_turns: int = setting(4, min=0, max=50)
-    """Earlier question-and-answer pairs kept as context (fewer if the context window is full)."""
+    barge_in: bool = True
+    """The wake word heard while the assistant thinks or speaks stops it and listens anew."""
+    follow_up_s: float = setting(5.0, min=0.0, max=60.0)
+    """After a reply, listen this long for a further question without the wake word; 0 turns it off."""
+    max_reply_s: float = setting(20.0, min=2.0, max=600.0)
+    """Longest answer, in seconds of speech; it ends at a sentence boundary."""
+    compress: Literal["summary", "drop"] = "summary"
+    """When the conversation outgrows the context: summary has the LLM sum up the oldest turns in a
+    short message; drop forgets them."""
     forget_after_s: float = setting(300.0, min=0.0, max=86400.0)
     """Forget the conversation after this long without a question; 0 never forgets."""
+
+
+@dataclass(frozen=True)
+class EarconsConfig:
+    """Short sounds that say what the assistant heard."""
+
+    volume: float = setting(0.3, min=0.0, max=1.0)
+    """Loudness of every earcon, 0 to 1; 0 turns them all off."""
+    wake: bool = True
+    """A rising chirp when the wake word is heard."""
+    follow_up: bool = True
+    """A soft tone when the assistant listens for a follow-up without the wake word."""
+    error: bool = True
+    """A falling tone when a turn fails (a stalled model, a missing device)."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +212,7 @@ class Config:
     llm: LlmConfig = field(default_factory=LlmConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     conversation: ConversationConfig = field(default_factory=ConversationConfig)
+    earcons: EarconsConfig = field(default_factory=EarconsConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     source: str = field(default="built-in defaults", compare=False, metadata={"internal": True})
     """Where the settings came from, for messages."""
@@ -200,13 +239,21 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequenc
         )
         where = "--set" if from_set else _locate(source, text, error.key_path)
         raise ConfigError(f"config error in {where}: {error}") from None
-    return dataclasses.replace(config, source=source)
+    return _with_profile_defaults(dataclasses.replace(config, source=source))
+
+
+def _with_profile_defaults(config: Config) -> Config:
+    """Fill in the settings whose default depends on the profile (null in the file)."""
+    if config.asr.language is None:
+        language = "auto" if config.profile == "pi" else "en"
+        config = dataclasses.replace(config, asr=dataclasses.replace(config.asr, language=language))
+    return config
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "a dict") -> Config:
     """Build a Config from already-parsed YAML, with the same checks as a file."""
     try:
-        return dataclasses.replace(_build(Config, raw, prefix=""), source=source)
+        return _with_profile_defaults(dataclasses.replace(_build(Config, raw, prefix=""), source=source))
     except _InvalidValue as error:
         raise ConfigError(f"config error in {source}: {error}") from None
 

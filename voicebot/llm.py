@@ -2,10 +2,16 @@
 
 One `Llama` object, one owner: every call runs on the same pinned worker thread, because
 concurrent calls on one `Llama` crash. Its OpenMP threads inherit that thread's affinity.
+
+The conversation is kept so that llama.cpp's KV cache stays valid from turn to turn: history
+only grows at the end, and when it outgrows its budget the oldest turns are compressed in one
+block (summarised or dropped), after the reply, and the new prefix is evaluated at once. So most
+turns evaluate only the new question.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,57 +24,58 @@ from voicebot.threads import PinnedWorker
 
 log = logging.getLogger(__name__)
 
-MESSAGE_OVERHEAD_TOKENS = 8  # Role markers and separators the chat template adds to each message.
+Message = dict[str, str]
+
+# History is compressed once it fills this share of the prompt budget, down to the lower share,
+# so that several turns in a row then only append to a prompt the KV cache already holds.
+COMPRESS_ABOVE = 0.75
+COMPRESS_TO = 0.4
+SUMMARY_MAX_TOKENS = 60
+SUMMARY_INSTRUCTIONS = (
+    "Summarise this conversation between a person and a voice assistant in at most two short sentences. "
+    "Keep names, numbers, places and preferences the person gave. Reply with the summary only."
+)
 
 
-@dataclass
-class Conversation:
-    """The system prompt and the recent question-and-answer pairs, trimmed to fit the context."""
+@dataclass(frozen=True)
+class Sampling:
+    """How to pick tokens; per request."""
 
-    config: ConversationConfig
-    system_prompt: str
-    turns: list[tuple[str, str]] = field(default_factory=list)
-    last_activity: float = field(default_factory=time.monotonic)
+    max_tokens: int
+    temperature: float = 0.7
+    top_k: int = 20
+    top_p: float = 0.8
+    repeat_penalty: float = 1.05
+    seed: int | None = None
 
-    def add(self, question: str, answer: str) -> None:
-        """Remember a finished exchange."""
-        self.turns.append((question, answer))
-        del self.turns[: max(0, len(self.turns) - self.config.history_turns)]
-        self.last_activity = time.monotonic()
+    @classmethod
+    def from_config(cls, config: LlmConfig) -> Sampling:
+        """The configured defaults."""
+        return cls(
+            max_tokens=config.max_reply_tokens,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+            repeat_penalty=config.repeat_penalty,
+            seed=config.seed,
+        )
 
-    def forget_if_stale(self) -> None:
-        """Start afresh after a long pause, as a person would."""
-        idle_s = time.monotonic() - self.last_activity
-        if self.turns and self.config.forget_after_s and idle_s > self.config.forget_after_s:
-            log.info("forgetting the conversation after %.0f s of quiet", idle_s)
-            self.turns.clear()
 
-    def messages(self, question: str, chat: ChatModel) -> list[dict[str, str]]:
-        """Chat messages for `question`, dropping the oldest turns until the reply fits the context."""
-        self.forget_if_stale()
-        budget = chat.context_tokens - chat.max_reply_tokens
-        fixed = chat.count_tokens(self.system_prompt) + chat.count_tokens(question) + 3 * MESSAGE_OVERHEAD_TOKENS
-        if fixed > budget:
-            raise RequestTooLargeError(
-                f"the question is too long for the LLM's context ({fixed} tokens, {budget} available with "
-                f"llm.max_reply_tokens={chat.max_reply_tokens}); shorten it or raise llm.context_tokens"
-            )
-        kept: list[tuple[str, str]] = []
-        for asked, answered in reversed(self.turns):
-            cost = chat.count_tokens(asked) + chat.count_tokens(answered) + 2 * MESSAGE_OVERHEAD_TOKENS
-            if fixed + cost > budget:
-                break
-            fixed += cost
-            kept.insert(0, (asked, answered))
-        messages = [{"role": "system", "content": self.system_prompt}]
-        for asked, answered in kept:
-            messages += [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}]
-        messages.append({"role": "user", "content": question})
-        return messages
+@dataclass(frozen=True)
+class PromptCost:
+    """How much of a prompt llama.cpp had in its KV cache, and how much it had to evaluate."""
+
+    tokens: int
+    cached: int
+
+    @property
+    def evaluated(self) -> int:
+        """Tokens evaluated for this prompt."""
+        return self.tokens - self.cached
 
 
 class ChatModel:
-    """A GGUF chat model loaded on its own pinned worker; streams reply tokens."""
+    """A GGUF chat model loaded on its own pinned worker; renders prompts with its own template and streams."""
 
     def __init__(self, model_path: Path, config: LlmConfig, worker: PinnedWorker) -> None:
         self.config = config
@@ -76,14 +83,15 @@ class ChatModel:
         self.context_tokens = config.context_tokens
         self.max_reply_tokens = config.max_reply_tokens
         self.model_path = model_path
-        self._llama = worker.call(self._load)
+        self._llama, self._formatters = worker.call(self._load)
 
     def _load(self):
         from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         threads = len(self.worker.cores)
         try:
-            return Llama(
+            llama = Llama(
                 model_path=str(self.model_path),
                 n_ctx=self.config.context_tokens,
                 # One thread per pinned core: more OpenMP threads than cores spin against each other.
@@ -96,30 +104,217 @@ class ChatModel:
             raise ModelLoadError(
                 f"cannot load LLM {self.model_path}: {error}; the file may be truncated, fetch it again"
             ) from None
+        template = llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ModelLoadError(f"LLM {self.model_path} has no chat template; use an instruct (chat) GGUF model")
+        eos, bos = llama.token_eos(), llama.token_bos()
+        formatters = {
+            add_generation_prompt: Jinja2ChatFormatter(
+                template=template,
+                eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
+                bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
+                add_generation_prompt=add_generation_prompt,
+            )
+            for add_generation_prompt in (True, False)
+        }
+        return llama, formatters
+
+    def render(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
+        """The prompt text the model's own chat template makes of `messages`."""
+        return self._formatters[add_generation_prompt](messages=messages).prompt
+
+    def prompt_tokens(self, messages: list[Message], add_generation_prompt: bool = True) -> list[int]:
+        """The tokens of the rendered prompt, exactly as generation will see them."""
+        text = self.render(messages, add_generation_prompt)
+        return self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
     def count_tokens(self, text: str) -> int:
         """Tokens in `text` by the model's own tokenizer (thread-safe: tokenizing does not touch the context)."""
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
-    def warm_up(self, system_prompt: str) -> None:
-        """Evaluate the system prompt once, so the first question reuses it from llama.cpp's prefix cache."""
-        messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": "Hi"}]
-        self._llama.create_chat_completion(messages=messages, max_tokens=1)
+    def prompt_cost(self, tokens: list[int]) -> PromptCost:
+        """How much of `tokens` the KV cache holds now; call on the worker, right before generating."""
+        held = self._llama._input_ids
+        common = 0
+        for held_token, wanted in zip(held, tokens, strict=False):
+            if held_token != wanted:
+                break
+            common += 1
+        # As Llama.generate decides: a prompt held whole is re-evaluated from its last token, unless
+        # the live logits are still those of that very prompt.
+        if common == len(tokens) == len(held) and not getattr(self._llama, "_requires_eval", True):
+            return PromptCost(tokens=len(tokens), cached=len(tokens))
+        return PromptCost(tokens=len(tokens), cached=common - 1 if common == len(tokens) else common)
 
-    def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
+    def stream(self, tokens: list[int], sampling: Sampling) -> Iterator[str]:
         """Yield reply text as it is generated; call on the worker thread and close it to stop early."""
-        completion = self._llama.create_chat_completion(
-            messages=messages,
+        if len(tokens) >= self.context_tokens:
+            raise RequestTooLargeError(
+                f"the prompt is {len(tokens)} tokens, more than the LLM's context of {self.context_tokens}; "
+                "shorten it or raise llm.context_tokens"
+            )
+        completion = self._llama.create_completion(
+            prompt=tokens,
             stream=True,
-            max_tokens=self.config.max_reply_tokens,
-            temperature=self.config.temperature,
-            top_p=self.config.top_p,
-            seed=self.config.seed,
+            max_tokens=min(sampling.max_tokens, self.context_tokens - len(tokens)),
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            repeat_penalty=sampling.repeat_penalty,
+            seed=sampling.seed,
         )
         try:
             for chunk in completion:
-                text = chunk["choices"][0]["delta"].get("content")
+                text = chunk["choices"][0]["text"]
                 if text:
                     yield text
         finally:
             completion.close()
+
+    def complete(self, tokens: list[int], sampling: Sampling) -> str:
+        """The whole reply at once; on the worker thread."""
+        return "".join(self.stream(tokens, sampling))
+
+    def warm_up(self, system_prompt: str) -> None:
+        """Evaluate the system prompt once, so the first question reuses it from the KV cache."""
+        tokens = self.prompt_tokens([{"role": "system", "content": system_prompt}], add_generation_prompt=False)
+        self.complete(tokens, Sampling(max_tokens=1, seed=0))
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One question and the answer the person actually heard."""
+
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Compression:
+    """What compressing the history did, for the trace."""
+
+    method: str
+    turns: int
+    tokens_before: int
+    tokens_after: int
+    tokens_evaluated: int
+
+
+@dataclass
+class Conversation:
+    """The system prompt, a summary of older turns, and the recent exchanges, kept within a token budget."""
+
+    config: ConversationConfig
+    system_prompts: dict[str, str]
+    """System prompt per language; 'en' is used for any language without its own."""
+    exchanges: list[Exchange] = field(default_factory=list)
+    summary: str = ""
+    language: str = "en"
+    last_activity: float = field(default_factory=time.monotonic)
+
+    def add(self, question: str, answer: str) -> None:
+        """Remember a finished exchange (only what was spoken of the answer)."""
+        self.exchanges.append(Exchange(question, answer))
+        self.last_activity = time.monotonic()
+
+    def forget_if_stale(self) -> None:
+        """Start afresh after a long pause, as a person would."""
+        idle_s = time.monotonic() - self.last_activity
+        if (self.exchanges or self.summary) and self.config.forget_after_s and idle_s > self.config.forget_after_s:
+            log.info("forgetting the conversation after %.0f s of quiet", idle_s)
+            self.exchanges.clear()
+            self.summary = ""
+
+    def system_message(self) -> Message:
+        """The system prompt for the conversation's language, with the summary of older turns."""
+        prompt = self.system_prompts.get(self.language) or self.system_prompts["en"]
+        if self.summary:
+            prompt = f"{prompt}\n\nEarlier in this conversation: {self.summary}"
+        return {"role": "system", "content": prompt}
+
+    def messages(self, question: str | None = None) -> list[Message]:
+        """The chat messages: system, history, and the new question if any."""
+        messages = [self.system_message()]
+        for exchange in self.exchanges:
+            messages += [
+                {"role": "user", "content": exchange.question},
+                {"role": "assistant", "content": exchange.answer},
+            ]
+        if question is not None:
+            messages.append({"role": "user", "content": question})
+        return messages
+
+    def prompt(self, question: str, language: str, chat: ChatModel) -> list[int]:
+        """Tokens of the prompt for `question`, within the context with room for the answer; on the LLM worker."""
+        self.forget_if_stale()
+        self.language = language
+        budget = prompt_budget(chat)
+        tokens = chat.prompt_tokens(self.messages(question))
+        while len(tokens) > budget and (self.exchanges or self.summary):
+            # Only a long question gets here: compress() keeps the history well below the budget.
+            if self.exchanges:
+                dropped = self.exchanges.pop(0)
+                log.info("dropped the oldest turn to fit a long question: %r", dropped.question[:40])
+            else:
+                self.summary = ""
+            tokens = chat.prompt_tokens(self.messages(question))
+        if len(tokens) > budget:
+            raise RequestTooLargeError(
+                f"the question is too long for the LLM's context ({len(tokens)} tokens with the system prompt, "
+                f"{budget} available with llm.max_reply_tokens={chat.max_reply_tokens}); "
+                "shorten it or raise llm.context_tokens"
+            )
+        return tokens
+
+    def compress(self, chat: ChatModel, sampling: Sampling) -> Compression | None:
+        """If the history has grown past its share of the budget, compress its oldest turns in one block.
+
+        Then evaluate the new prefix, so the next question finds it in the KV cache. On the LLM worker.
+        """
+        budget = prompt_budget(chat)
+        before = len(chat.prompt_tokens(self.messages(), add_generation_prompt=False))
+        if before <= COMPRESS_ABOVE * budget or not self.exchanges:
+            return None
+        old: list[Exchange] = []
+        while self.exchanges and (
+            len(old) == 0 or len(chat.prompt_tokens(self.messages(), False)) > COMPRESS_TO * budget
+        ):
+            old.append(self.exchanges.pop(0))
+        evaluated = 0
+        if self.config.compress == "summary":
+            summary_prompt = chat.prompt_tokens(self._summary_request(old))
+            if len(summary_prompt) + SUMMARY_MAX_TOKENS < chat.context_tokens:
+                evaluated += chat.prompt_cost(summary_prompt).evaluated
+                self.summary = " ".join(chat.complete(summary_prompt, _summary_sampling(sampling)).split())
+            else:
+                log.warning("the turns to summarise are too long for the context; dropping them instead")
+                self.summary = ""
+        prefix = chat.prompt_tokens(self.messages(), add_generation_prompt=False)
+        evaluated += chat.prompt_cost(prefix).evaluated
+        chat.complete(prefix, Sampling(max_tokens=1, seed=0))
+        method = "summary" if self.summary else "drop"
+        log.info("compressed %d old turns (%s): %d -> %d prompt tokens", len(old), method, before, len(prefix))
+        return Compression(method, len(old), before, len(prefix), evaluated)
+
+    def _summary_request(self, old: list[Exchange]) -> list[Message]:
+        lines = [f"Earlier: {self.summary}"] if self.summary else []
+        for exchange in old:
+            lines += [f"Person: {exchange.question}", f"Assistant: {exchange.answer}"]
+        return [
+            {"role": "system", "content": SUMMARY_INSTRUCTIONS},
+            {"role": "user", "content": "\n".join(lines)},
+        ]
+
+
+def prompt_budget(chat: ChatModel) -> int:
+    """Prompt tokens allowed: the context less the room kept for the answer."""
+    return chat.context_tokens - chat.max_reply_tokens
+
+
+def _summary_sampling(sampling: Sampling) -> Sampling:
+    return dataclasses.replace(sampling, max_tokens=SUMMARY_MAX_TOKENS, temperature=0.2)
+
+
+def system_prompts(config: LlmConfig) -> dict[str, str]:
+    """The configured system prompt per language."""
+    return {"en": config.system_prompt, "zh": config.system_prompt_zh}

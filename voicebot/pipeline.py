@@ -1,35 +1,43 @@
 """The voice loop: microphone → wake word → end of utterance → ASR → LLM → chunker → TTS → speaker.
 
-Stages are asyncio tasks joined by queues; every blocking model call runs on a pinned worker
-thread. The reply is spoken piece by piece while the LLM is still writing it.
+One supervisor on the event loop owns the state. The microphone, the turns and the speaker post
+events to its inbox and it alone decides what happens next; cancellation goes out of band, as
+`Task.cancel()`. Every blocking model call runs on a pinned worker thread, and the reply is spoken
+piece by piece while the LLM is still writing it (voicebot/reply.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
+import itertools
 import logging
-from dataclasses import dataclass, field
-from typing import Callable
+import re
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from voicebot.asr import Transcriber
-from voicebot.audio import AudioChunk, AudioSink, AudioSource
-from voicebot.chunker import SentenceChunker
-from voicebot.config import Config
+from voicebot.audio import AudioChunk, AudioSink, AudioSource, PlaybackTimeline
+from voicebot.earcons import Earcon, Earcons
+from voicebot.engines import Engines
 from voicebot.errors import VoicebotError
-from voicebot.llm import ChatModel, Conversation
-from voicebot.models import ModelPaths
-from voicebot.threads import PinnedWorker, iterate_in_worker, resolve_cores
+from voicebot.reply import Responder
 from voicebot.trace import HeldTracer, Tracer
-from voicebot.tts import Synthesizer
-from voicebot.vad import Endpoint, Endpointer, EndpointKind, SileroVad
-from voicebot.wake import WakeDetection, WakeWordDetector
+from voicebot.vad import Endpoint, EndpointKind
+from voicebot.wake import WakeDetection
 
 log = logging.getLogger(__name__)
 
 CANCEL_TIMEOUT_S = 3.0
+# After the follow-up earcon, its echo and the reply's room tail must not count as a new question.
+ECHO_TAIL_S = 0.15
+FRAMES_AHEAD = 4
+STOP_COMMANDS = frozenset(
+    {"stop", "stop it", "cancel", "cancel that", "never mind", "nevermind", "be quiet", "quiet", "shut up", "enough"}
+    | {"停", "停止", "停下", "取消", "别说了", "算了", "安静"}
+)
 
 
 class State(enum.Enum):
@@ -41,213 +49,99 @@ class State(enum.Enum):
     SPEAKING = "speaking"
 
 
-@dataclass
-class Engines:
-    """The loaded models and the pinned worker thread each one runs on."""
-
-    config: Config
-    listen_worker: PinnedWorker | None = None
-    asr_worker: PinnedWorker | None = None
-    llm_worker: PinnedWorker | None = None
-    tts_worker: PinnedWorker | None = None
-    wake: WakeWordDetector | None = None
-    endpointer: Endpointer | None = None
-    transcriber: Transcriber | None = None
-    chat: ChatModel | None = None
-    synthesizer: Synthesizer | None = None
-    workers: list[PinnedWorker] = field(default_factory=list)
-
-    @classmethod
-    def load(
-        cls, config: Config, paths: ModelPaths, stages: frozenset[str] = frozenset({"listen", "asr", "llm", "tts"})
-    ) -> Engines:
-        """Load the models for `stages`, each on its own thread pinned to its configured cores."""
-        engines = cls(config)
-        try:
-            if "tts" in stages:
-                engines.tts_worker = engines._worker("tts", resolve_cores(config.tts.cores, "tts"))
-                engines.synthesizer = engines.tts_worker.call(
-                    Synthesizer, paths.voices, config.tts, len(engines.tts_worker.cores)
-                )
-            if "llm" in stages:
-                engines.llm_worker = engines._worker("llm", resolve_cores(config.llm.cores, "llm"))
-                engines.chat = ChatModel(paths.llm, config.llm, engines.llm_worker)
-            if "asr" in stages:
-                engines.asr_worker = engines._worker("asr", resolve_cores(config.asr.cores, "asr"))
-                engines.transcriber = engines.asr_worker.call(
-                    Transcriber, paths.asr, config.asr, len(engines.asr_worker.cores)
-                )
-            if "listen" in stages:
-                # The always-on stages share the TTS cores: they are light, and must not slow the LLM.
-                engines.listen_worker = engines._worker("listen", resolve_cores(config.tts.cores, "tts"))
-                engines.wake = engines.listen_worker.call(WakeWordDetector, config.wake)
-                engines.endpointer = engines.listen_worker.call(lambda: Endpointer(config.vad, SileroVad()))
-        except BaseException:
-            engines.close()
-            raise
-        return engines
-
-    def _worker(self, name: str, cores: tuple[int, ...]) -> PinnedWorker:
-        worker = PinnedWorker(name, cores)
-        self.workers.append(worker)
-        return worker
-
-    def warm_up(self) -> None:
-        """Run each model once, so the first question does not pay for first-call set-up."""
-        self.warm_up_llm()
-        if self.transcriber is not None and self.asr_worker is not None:
-            self.asr_worker.call(self.transcriber.transcribe, np.zeros(16000, np.float32))
-        if self.synthesizer is not None and self.tts_worker is not None:
-            self.tts_worker.call(lambda: list(self.synthesizer.synthesize("Ready.")))
-
-    def warm_up_llm(self) -> None:
-        """Put the system prompt in llama.cpp's prompt cache."""
-        if self.chat is not None and self.llm_worker is not None:
-            self.llm_worker.call(self.chat.warm_up, self.config.llm.system_prompt)
-
-    def close(self) -> None:
-        """Stop the worker threads."""
-        for worker in self.workers:
-            worker.close()
-        self.workers.clear()
+def is_stop_command(text: str) -> bool:
+    """True for a question that only says stop, cancel or the like."""
+    return re.sub(r"[^\w\s]+", "", text.lower()).strip() in STOP_COMMANDS
 
 
-class Responder:
-    """Question text in, spoken answer out: LLM tokens → chunker → TTS → sink, all overlapping.
+# Events posted to the supervisor.
 
-    With streaming=False it works as chat-bot pipelines used to: the whole answer is written,
-    then all of it synthesised, then played. The benchmark uses that as its baseline.
+
+@dataclass(frozen=True)
+class Heard:
+    """80 ms of microphone audio."""
+
+    chunk: AudioChunk
+
+
+@dataclass(frozen=True)
+class InputEnded:
+    """The source has no more audio (a file came to its end)."""
+
+
+@dataclass(frozen=True)
+class SourceFailed:
+    """The microphone failed."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class PlaybackStarted:
+    """A turn's first reply sample reached the output."""
+
+    turn_id: int
+
+
+@dataclass(frozen=True)
+class TurnEnded:
+    """A turn finished, for `reason`."""
+
+    turn_id: int
+    reason: str
+
+
+Event = Heard | InputEnded | SourceFailed | PlaybackStarted | TurnEnded
+
+
+class Inbox:
+    """The supervisor's queue: control events first, audio frames in order, with room for only a few.
+
+    The bound keeps back-pressure on the source (a slow pipeline makes the microphone drop and count
+    frames), while a control event never waits behind audio.
     """
 
-    def __init__(
-        self,
-        engines: Engines,
-        sink: AudioSink,
-        tracer: Tracer,
-        on_speaking: Callable[[], None] = lambda: None,
-        streaming: bool = True,
-    ) -> None:
-        self.engines = engines
-        self.sink = sink
-        self.tracer = tracer
-        self.on_speaking = on_speaking
-        self.streaming = streaming
-        config = engines.config
-        self.conversation = Conversation(config.conversation, config.llm.system_prompt)
-        self._new_chunker = lambda: SentenceChunker(config.tts.first_piece_chars, config.tts.max_piece_chars)
+    def __init__(self, frames_ahead: int = FRAMES_AHEAD) -> None:
+        self._control: collections.deque[Event] = collections.deque()
+        self._frames: collections.deque[Event] = collections.deque()
+        self._frames_ahead = frames_ahead
+        self._arrived = asyncio.Event()
+        self._taken = asyncio.Event()
 
-    async def respond(
-        self, question: str, tracer: Tracer | HeldTracer | None = None, may_speak: asyncio.Event | None = None
-    ) -> str:
-        """Ask the LLM and speak its answer as it is written; returns the answer's text.
+    def post(self, event: Event) -> None:
+        """Deliver a control event."""
+        self._control.append(event)
+        self._arrived.set()
 
-        With `may_speak`, everything up to the first sound is done, then playback waits for it.
-        """
-        tracer = tracer or self.tracer
-        chat, llm_worker = self.engines.chat, self.engines.llm_worker
-        assert chat is not None and llm_worker is not None
-        messages = await llm_worker.run(self.conversation.messages, question, chat)
-        pieces: asyncio.Queue[str | None] = asyncio.Queue()
-        writer = asyncio.create_task(self._write(messages, pieces, tracer))
-        try:
-            await self._speak(pieces, tracer, may_speak)
-            reply = await writer
-        finally:
-            if not writer.done():
-                writer.cancel()
-                await asyncio.gather(writer, return_exceptions=True)
-        if may_speak is not None:
-            await may_speak.wait()  # An early answer joins the conversation only once its question has ended.
-        self.conversation.add(question, reply)
-        return reply
+    async def put_frame(self, event: Event) -> None:
+        """Deliver audio (or its end), waiting while the supervisor is behind."""
+        while len(self._frames) >= self._frames_ahead:
+            self._taken.clear()
+            await self._taken.wait()
+        self._frames.append(event)
+        self._arrived.set()
 
-    async def say(self, text: str) -> None:
-        """Speak `text` as it is, piece by piece."""
-        chunker = self._new_chunker()
-        pieces: asyncio.Queue[str | None] = asyncio.Queue()
-        for piece in chunker.feed(text) + chunker.flush():
-            self.tracer.emit("sentence", text=piece)
-            pieces.put_nowait(piece)
-        pieces.put_nowait(None)
-        await self._speak(pieces, self.tracer)
-
-    async def _write(
-        self, messages: list[dict[str, str]], pieces: asyncio.Queue[str | None], tracer: Tracer | HeldTracer
-    ) -> str:
-        chat, llm_worker = self.engines.chat, self.engines.llm_worker
-        assert chat is not None and llm_worker is not None
-        chunker = self._new_chunker()
-        reply: list[str] = []
-        held: list[str] = []
-        release = pieces.put_nowait if self.streaming else held.append
-        try:
-            async for token in iterate_in_worker(llm_worker, lambda: chat.stream(messages)):
-                if not reply:
-                    tracer.emit("llm_first_token")
-                reply.append(token)
-                for piece in chunker.feed(token):
-                    tracer.emit("sentence", text=piece)
-                    release(piece)
-            for piece in chunker.flush():
-                tracer.emit("sentence", text=piece)
-                release(piece)
-            tracer.emit("llm_done", tokens=len(reply))
-            for piece in held:
-                pieces.put_nowait(piece)
-        finally:
-            pieces.put_nowait(None)
-        return "".join(reply)
-
-    async def _speak(
-        self, pieces: asyncio.Queue[str | None], tracer: Tracer | HeldTracer, may_speak: asyncio.Event | None = None
-    ) -> None:
-        synthesizer, tts_worker = self.engines.synthesizer, self.engines.tts_worker
-        assert synthesizer is not None and tts_worker is not None
-        playing = False
-        held: list[AudioChunk] = []
-
-        def on_first_sample(heard_at: float) -> None:
-            tracer.emit("playback_start", t=heard_at)
-            self.on_speaking()
-
-        async def play(audio: AudioChunk) -> None:
-            nonlocal playing
-            if not playing:
-                if may_speak is not None:
-                    await may_speak.wait()
-                self.sink.start(on_first_sample)
-                playing = True
-            await self.sink.play(audio)
-
-        first_audio = True
-        try:
-            while (piece := await pieces.get()) is not None:
-                async for audio in iterate_in_worker(tts_worker, lambda: synthesizer.synthesize(piece)):
-                    if first_audio:
-                        tracer.emit("tts_first_audio")
-                        first_audio = False
-                    if self.streaming:
-                        await play(audio)
-                    else:
-                        held.append(audio)
-            for audio in held:
-                await play(audio)
-            if playing:
-                await self.sink.drain()
-                tracer.emit("playback_end")
-        except BaseException:
-            if playing:
-                self.sink.stop()
-            raise
+    async def get(self) -> Event:
+        """The next event: control before audio."""
+        while True:
+            if self._control:
+                return self._control.popleft()
+            if self._frames:
+                self._taken.set()
+                return self._frames.popleft()
+            self._arrived.clear()
+            await self._arrived.wait()
 
 
 @dataclass
 class Turn:
     """One question being answered; `confirmed` is set once the question has surely ended."""
 
+    id: int
     task: asyncio.Task[None]
     tracer: HeldTracer
     confirmed: asyncio.Event
+    playback_started_at: float | None = None
 
     def confirm(self) -> None:
         """The question has ended: let the turn's events into the trace and its answer be heard."""
@@ -261,6 +155,8 @@ class Pipeline:
     Work on the answer starts early, at the first pause in the question (vad.early_start_s), while
     the endpointer waits out its hangover. If the person goes on talking, that early turn is
     cancelled and forgotten; if the pause was the end, its answer is already on its way.
+    The wake word heard while thinking or speaking stops the turn and listens anew (barge-in).
+    After a reply, a follow-up question needs no wake word for conversation.follow_up_s.
     """
 
     def __init__(
@@ -271,27 +167,73 @@ class Pipeline:
         tracer: Tracer,
         streaming: bool = True,
         early_start: bool = True,
+        timeline: PlaybackTimeline | None = None,
     ) -> None:
         self.engines = engines
+        self.config = engines.config
         self.source = source
+        self.sink = sink
         self.tracer = tracer
         self.early_start = early_start
+        self.timeline = timeline
         self.state = State.IDLE
-        self.responder = Responder(
-            engines, sink, tracer, on_speaking=lambda: self._set_state(State.SPEAKING), streaming=streaming
-        )
+        self.responder = Responder(engines, sink, tracer, streaming=streaming)
+        self.earcons = Earcons(self.config.earcons)
+        self._inbox = Inbox()
         self._turn: Turn | None = None
+        self._turn_ids = itertools.count(1)
+        self._follow_up = False
+        self._input_ended = False
+
+    # The supervisor.
 
     async def run(self) -> None:
         """Listen until the input ends, then finish the last turn; cancelling stops everything."""
         assert self.engines.listen_worker is not None and self.engines.wake is not None
         await self.engines.listen_worker.run(self.engines.wake.reset)
+        reader = asyncio.create_task(self._read_source(), name="source")
+        try:
+            while not (self._input_ended and self._turn is None):
+                await self._handle(await self._inbox.get())
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await self.cancel_turn()
+            await self.responder.close()
+
+    async def _read_source(self) -> None:
         try:
             async for chunk in self.source.frames():
-                await self._hear(chunk)
-            await self._input_ended()
-        finally:
-            await self.cancel_turn()
+                await self._inbox.put_frame(Heard(chunk))
+        except VoicebotError as error:
+            self._inbox.post(SourceFailed(error))
+            return
+        await self._inbox.put_frame(InputEnded())
+
+    async def _handle(self, event: Event) -> None:
+        if isinstance(event, Heard):
+            await self._hear(event.chunk)
+        elif isinstance(event, PlaybackStarted):
+            if self._is_current(event.turn_id) and self.state is State.THINKING:
+                self._set_state(State.SPEAKING)
+        elif isinstance(event, TurnEnded):
+            if self._is_current(event.turn_id):
+                self._turn = None
+                await self._after_turn(event.reason)
+        elif isinstance(event, InputEnded):
+            await self._on_input_ended()
+        elif isinstance(event, SourceFailed):
+            raise event.error
+
+    def _is_current(self, turn_id: int) -> bool:
+        return self._turn is not None and self._turn.id == turn_id
+
+    def _set_state(self, state: State, **fields: Any) -> None:
+        if state is self.state and not fields:
+            return
+        log.info("state: %s -> %s", self.state.value, state.value)
+        self.state = state
+        self.tracer.emit("state", state=state.value, **fields)
 
     async def cancel_turn(self) -> None:
         """Stop the current turn wherever it is: generation, synthesis and playback."""
@@ -304,32 +246,61 @@ class Pipeline:
         except TimeoutError:
             log.error("turn did not stop within %.0f s of being cancelled", CANCEL_TIMEOUT_S)
 
+    # Listening.
+
     async def _hear(self, chunk: AudioChunk) -> None:
         worker = self.engines.listen_worker
         assert worker is not None
-        listening = self.state is State.LISTENING
-        detection, endpoints = await worker.run(self._analyse, chunk, listening)
+        detection, endpoints = await worker.run(self._analyse, chunk, self.state is State.LISTENING)
         if detection is not None:
             await self._on_wake(detection)
         for endpoint in endpoints:
+            if self.state is not State.LISTENING:
+                break
             await self._on_endpoint(endpoint)
 
     def _analyse(self, chunk: AudioChunk, listening: bool) -> tuple[WakeDetection | None, list[Endpoint]]:
-        """Runs on the listen worker: the wake word always, the VAD while a question is awaited."""
-        assert self.engines.wake is not None and self.engines.endpointer is not None
-        detection = self.engines.wake.process(chunk)
-        endpoints = self.engines.endpointer.process(chunk) if listening else []
+        """Runs on the listen worker: echo cancelled, then the wake word always, the VAD while a question is awaited."""
+        engines = self.engines
+        assert engines.wake is not None and engines.endpointer is not None
+        if engines.echo_canceller is not None and self.timeline is not None:
+            reference = self.timeline.render(chunk.captured_at, len(chunk.samples))
+            chunk = AudioChunk(
+                engines.echo_canceller.process(chunk.samples, reference), chunk.rate_hz, chunk.captured_at
+            )
+        detection = engines.wake.process(chunk)
+        endpoints = engines.endpointer.process(chunk) if listening else []
         return detection, endpoints
 
     async def _on_wake(self, detection: WakeDetection) -> None:
-        if self.state is not State.IDLE:
-            # Barge-in will act here; for now a wake word during a turn is noted and ignored.
-            log.info("wake word ignored while %s", self.state.value)
+        busy = self.state in (State.THINKING, State.SPEAKING)
+        if busy and not self.config.conversation.barge_in:
+            log.info("wake word ignored while %s (conversation.barge_in is off)", self.state.value)
             return
+        if self.state is State.LISTENING and not self._follow_up:
+            return  # Already listening for the question.
         self.tracer.emit("wake", t=detection.heard_at, model=detection.model, score=round(detection.score, 3))
+        if busy:
+            await self._barge_in()
+        elif self._turn is not None:
+            await self.cancel_turn()  # An early answer to a follow-up the wake word now restarts.
+        await self._play_earcon(Earcon.WAKE)
+        await self._listen(detection.heard_at)
+
+    async def _barge_in(self) -> None:
+        """Stop the turn at once: the output first, then generation and synthesis."""
+        self.tracer.emit("barge_in", state=self.state.value)
+        stopped_at = self.sink.stop()
+        if self._turn is not None and self._turn.playback_started_at is not None:
+            self.tracer.emit("playback_stop", t=stopped_at, reason="barge_in")
+        await self.cancel_turn()
+
+    async def _listen(self, at: float, follow_up: bool = False) -> None:
         assert self.engines.listen_worker is not None and self.engines.endpointer is not None
-        await self.engines.listen_worker.run(self.engines.endpointer.begin, detection.heard_at)
-        self._set_state(State.LISTENING)
+        timeout_s = self.config.conversation.follow_up_s if follow_up else None
+        await self.engines.listen_worker.run(self.engines.endpointer.begin, at, timeout_s)
+        self._follow_up = follow_up
+        self._set_state(State.LISTENING, follow_up=follow_up)
 
     async def _on_endpoint(self, endpoint: Endpoint) -> None:
         endpointer = self.engines.endpointer
@@ -347,12 +318,18 @@ class Pipeline:
             log.debug("speech resumed: dropping the early answer")
             await self.cancel_turn()
         elif kind is EndpointKind.NO_SPEECH:
-            log.info("nobody spoke after the wake word")
-            self.tracer.emit("turn_end", reason="no_speech")
+            if self._follow_up:
+                log.info("no follow-up question: back to waiting for the wake word")
+                self.tracer.emit("follow_up_end", reason="silence")
+            else:
+                log.info("nobody spoke after the wake word")
+                self.tracer.emit("turn_end", reason="no_speech")
+            self._follow_up = False
             self._set_state(State.IDLE)
         else:
             delay = self.tracer.clock.now() - endpoint.at
             self.tracer.emit("speech_end", t=endpoint.at, endpoint_delay_s=round(delay, 4), reason=kind.value)
+            self._follow_up = False
             self._set_state(State.THINKING)
             if self._turn is not None and not self._turn.confirmed.is_set():
                 # Nothing was said since the pause that started this turn, so its question is the final one.
@@ -361,29 +338,65 @@ class Pipeline:
                 assert endpointer.utterance is not None
                 self._turn = self._start_turn(endpointer.utterance.audio, confirmed=True)
 
+    async def _on_input_ended(self) -> None:
+        self._input_ended = True
+        if self.state is not State.LISTENING:
+            return
+        assert self.engines.listen_worker is not None and self.engines.endpointer is not None
+        endpoint = await self.engines.listen_worker.run(self.engines.endpointer.finish_now)
+        if endpoint is None:
+            await self.cancel_turn()
+            if not self._follow_up:
+                self.tracer.emit("turn_end", reason="no_speech")
+            self._follow_up = False
+            self._set_state(State.IDLE)
+        else:
+            await self._on_endpoint(endpoint)
+
+    async def _after_turn(self, reason: str) -> None:
+        if reason == "error":
+            await self._play_earcon(Earcon.ERROR)
+        follow_up_s = self.config.conversation.follow_up_s
+        if reason == "answered" and follow_up_s > 0 and not self._input_ended:
+            self.tracer.emit("follow_up_start", window_s=follow_up_s)
+            earcon_s = await self._play_earcon(Earcon.FOLLOW_UP)
+            await self._listen(self.tracer.clock.now() + earcon_s + ECHO_TAIL_S, follow_up=True)
+        else:
+            self._set_state(State.IDLE)
+
+    async def _play_earcon(self, earcon: Earcon) -> float:
+        """Queue an earcon on the output; returns its length in seconds."""
+        sound = self.earcons.sound(earcon)
+        if sound is None:
+            return 0.0
+        self.tracer.emit("earcon", name=earcon.value)
+        try:
+            self.sink.start(lambda heard_at: None)
+            await self.sink.play(sound)
+        except VoicebotError as error:
+            log.error("cannot play the %s earcon: %s", earcon.value, error)
+        return sound.seconds
+
+    # Turns.
+
     def _start_turn(self, audio: np.ndarray, confirmed: bool) -> Turn:
         tracer = HeldTracer(self.tracer, released=confirmed)
         gate = asyncio.Event()
         if confirmed:
             gate.set()
-        task = asyncio.create_task(self._run_turn(audio, tracer, gate), name="turn")
-        return Turn(task, tracer, gate)
+        turn_id = next(self._turn_ids)
+        turn = Turn(turn_id, asyncio.Future(), tracer, gate)
+        turn.task = asyncio.create_task(self._run_turn(turn, audio), name=f"turn-{turn_id}")
+        return turn
 
-    async def _input_ended(self) -> None:
-        if self.state is State.LISTENING:
-            assert self.engines.listen_worker is not None and self.engines.endpointer is not None
-            endpoint = await self.engines.listen_worker.run(self.engines.endpointer.finish_now)
-            if endpoint is None:
-                await self.cancel_turn()
-                self.tracer.emit("turn_end", reason="no_speech")
-                self._set_state(State.IDLE)
-            else:
-                await self._on_endpoint(endpoint)
-        if self._turn is not None:
-            await asyncio.gather(self._turn.task, return_exceptions=True)
+    def _on_speaking(self, turn: Turn, heard_at: float) -> None:
+        turn.playback_started_at = heard_at
+        self._inbox.post(PlaybackStarted(turn.id))
 
-    async def _run_turn(self, audio: np.ndarray, tracer: HeldTracer, confirmed: asyncio.Event) -> None:
+    async def _run_turn(self, turn: Turn, audio: np.ndarray) -> None:
+        """One turn: transcribe, then answer. It only reports to the supervisor; it never sets the state."""
         reason = "answered"
+        tracer, confirmed = turn.tracer, turn.confirmed
         try:
             transcriber, asr_worker = self.engines.transcriber, self.engines.asr_worker
             assert transcriber is not None and asr_worker is not None
@@ -394,7 +407,17 @@ class Pipeline:
             if not transcript.text:
                 reason = "no_transcript"
                 return
-            reply = await self.responder.respond(transcript.text, tracer=tracer, may_speak=confirmed)
+            if is_stop_command(transcript.text):
+                log.info("heard %r: stopping", transcript.text)
+                reason = "stopped"
+                return
+            reply = await self.responder.respond(
+                transcript.text,
+                language=transcript.language,
+                tracer=tracer,
+                may_speak=confirmed,
+                on_speaking=lambda heard_at: self._on_speaking(turn, heard_at),
+            )
             log.info("heard: %s / replied: %s", transcript.text, reply)
         except asyncio.CancelledError:
             reason = "cancelled"
@@ -410,10 +433,4 @@ class Pipeline:
             if reason != "cancelled":
                 await confirmed.wait()  # An early turn ends only once its question has.
             tracer.emit("turn_end", reason=reason)
-            if confirmed.is_set():
-                self._set_state(State.IDLE)
-
-    def _set_state(self, state: State) -> None:
-        log.info("state: %s -> %s", self.state.value, state.value)
-        self.state = state
-        self.tracer.emit("state", state=state.value)
+            self._inbox.post(TurnEnded(turn.id, reason))

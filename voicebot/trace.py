@@ -14,10 +14,15 @@ log = logging.getLogger(__name__)
 
 
 class Tracer:
-    """Writes `{"t": seconds since the input started, "event": name, ...}` lines, and keeps them for callers."""
+    """Writes `{"t": seconds since the input started, "event": name, ...}` lines; with keep, also keeps them.
 
-    def __init__(self, clock: Clock, path: str | Path | None = None) -> None:
+    A service runs for weeks, so events are kept in memory only for callers that read them back
+    (the benchmark, tests).
+    """
+
+    def __init__(self, clock: Clock, path: str | Path | None = None, keep: bool = False) -> None:
         self.clock = clock
+        self.keep = keep
         self.events: list[dict[str, Any]] = []
         self._file: IO[str] | None = None
         if path is not None:
@@ -29,7 +34,8 @@ class Tracer:
     def emit(self, event: str, t: float | None = None, **fields: Any) -> None:
         """Record an event now, or at clock time `t` for something that happened earlier."""
         record = {"t": round(self.clock.now() if t is None else t, 4), "event": event, **fields}
-        self.events.append(record)
+        if self.keep:
+            self.events.append(record)
         if self._file is not None:
             self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
             self._file.flush()

@@ -107,10 +107,16 @@ class Endpointer:
         self._silence_threshold = max(config.threshold - 0.15, 0.01)
         self.begin(0.0)
 
-    def begin(self, at: float) -> None:
-        """Start listening for a question at clock time `at`."""
+    def begin(self, at: float, no_speech_timeout_s: float | None = None) -> None:
+        """Start listening for a question with audio heard from clock time `at` on.
+
+        `no_speech_timeout_s` replaces vad.no_speech_timeout_s for this question (a follow-up window).
+        """
         self.vad.reset()
         self._begun_at = at
+        self._no_speech_timeout_s = (
+            self.config.no_speech_timeout_s if no_speech_timeout_s is None else no_speech_timeout_s
+        )
         self._pending = np.zeros(0, np.float32)
         self._recorded: list[np.ndarray] = []
         self._recorded_samples = 0
@@ -127,7 +133,7 @@ class Endpointer:
 
     def process(self, chunk: AudioChunk) -> list[Endpoint]:
         """Feed audio heard after the wake word; returns the decisions it led to, in order."""
-        if self.utterance is not None:
+        if self.utterance is not None or chunk.captured_at <= self._begun_at:
             return []
         self._recorded.append(chunk.samples)
         buffer = np.concatenate([self._pending, chunk.samples])
@@ -157,7 +163,7 @@ class Endpointer:
                 self._speech_start_at = at - SPEECH_START_WINDOWS * WINDOW_SAMPLES / INPUT_RATE_HZ
                 self._last_speech_sample, self._last_speech_at = sample, at
                 return Endpoint(EndpointKind.SPEECH_START, self._speech_start_at)
-            if at - self._begun_at >= config.no_speech_timeout_s:
+            if at - self._begun_at >= self._no_speech_timeout_s:
                 self.utterance = Utterance(np.zeros(0, np.float32), at, at)
                 return Endpoint(EndpointKind.NO_SPEECH, at)
             return None

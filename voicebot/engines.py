@@ -1,0 +1,98 @@
+"""The loaded models, each on its own worker thread pinned to its configured cores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from voicebot.asr import Transcriber
+from voicebot.config import Config
+from voicebot.llm import ChatModel
+from voicebot.models import ModelPaths
+from voicebot.threads import PinnedWorker, resolve_cores
+from voicebot.tts import Synthesizer
+from voicebot.vad import Endpointer, SileroVad
+from voicebot.wake import WakeWordDetector
+
+if TYPE_CHECKING:
+    from voicebot.echo import EchoCanceller
+
+ALL_STAGES = frozenset({"listen", "asr", "llm", "tts"})
+
+
+@dataclass
+class Engines:
+    """The loaded models and the pinned worker thread each one runs on."""
+
+    config: Config
+    listen_worker: PinnedWorker | None = None
+    asr_worker: PinnedWorker | None = None
+    llm_worker: PinnedWorker | None = None
+    tts_worker: PinnedWorker | None = None
+    wake: WakeWordDetector | None = None
+    endpointer: Endpointer | None = None
+    transcriber: Transcriber | None = None
+    chat: ChatModel | None = None
+    synthesizer: Synthesizer | None = None
+    echo_canceller: EchoCanceller | None = None
+    workers: list[PinnedWorker] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, config: Config, paths: ModelPaths, stages: frozenset[str] = ALL_STAGES) -> Engines:
+        """Load the models for `stages`, each on its own thread pinned to its configured cores."""
+        engines = cls(config)
+        try:
+            if "tts" in stages:
+                engines.tts_worker = engines._worker("tts", resolve_cores(config.tts.cores, "tts"))
+                engines.synthesizer = engines.tts_worker.call(
+                    Synthesizer, paths.voices, config.tts, len(engines.tts_worker.cores)
+                )
+            if "llm" in stages:
+                engines.llm_worker = engines._worker("llm", resolve_cores(config.llm.cores, "llm"))
+                engines.chat = ChatModel(paths.llm, config.llm, engines.llm_worker)
+            if "asr" in stages:
+                engines.asr_worker = engines._worker("asr", resolve_cores(config.asr.cores, "asr"))
+                engines.transcriber = engines.asr_worker.call(
+                    Transcriber, paths.asr, config.asr, len(engines.asr_worker.cores)
+                )
+            if "listen" in stages:
+                # The always-on stages share the TTS cores: they are light, and must not slow the LLM.
+                engines.listen_worker = engines._worker("listen", resolve_cores(config.tts.cores, "tts"))
+                engines.wake = engines.listen_worker.call(WakeWordDetector, config.wake)
+                engines.endpointer = engines.listen_worker.call(lambda: Endpointer(config.vad, SileroVad()))
+                if config.audio.echo_canceller != "none":
+                    from voicebot.echo import make_echo_canceller
+
+                    engines.echo_canceller = engines.listen_worker.call(
+                        make_echo_canceller, config.audio.echo_canceller
+                    )
+        except BaseException:
+            engines.close()
+            raise
+        return engines
+
+    def _worker(self, name: str, cores: tuple[int, ...]) -> PinnedWorker:
+        worker = PinnedWorker(name, cores)
+        self.workers.append(worker)
+        return worker
+
+    def warm_up(self) -> None:
+        """Run each model once, so the first question does not pay for first-call set-up."""
+        self.warm_up_llm()
+        if self.transcriber is not None and self.asr_worker is not None:
+            self.asr_worker.call(self.transcriber.transcribe, np.zeros(16000, np.float32))
+        if self.synthesizer is not None and self.tts_worker is not None:
+            self.tts_worker.call(lambda: list(self.synthesizer.synthesize("Ready.")))
+
+    def warm_up_llm(self) -> None:
+        """Put the system prompt in llama.cpp's prompt cache."""
+        if self.chat is not None and self.llm_worker is not None:
+            self.llm_worker.call(self.chat.warm_up, self.config.llm.system_prompt)
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        for worker in self.workers:
+            worker.close()
+        self.workers.clear()

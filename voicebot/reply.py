@@ -1,0 +1,319 @@
+"""The reply: question text in, spoken answer out. LLM tokens → chunker → TTS → sink, all overlapping.
+
+The answer is capped in seconds of speech at a sentence boundary, a stalled generation is
+abandoned, and only what the person actually heard joins the conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from voicebot.audio import AudioChunk, AudioSink
+from voicebot.chunker import SentenceChunker
+from voicebot.engines import Engines
+from voicebot.errors import VoicebotError
+from voicebot.llm import Conversation, PromptCost, Sampling, system_prompts
+from voicebot.threads import iterate_in_worker
+from voicebot.trace import HeldTracer, Tracer
+
+log = logging.getLogger(__name__)
+
+# Speaking pace of a Piper medium voice at length_scale 1, measured on this project's voices:
+# about 15 characters a second in English, 4.5 Chinese characters a second.
+LATIN_CHARS_PER_S = 15.0
+HAN_CHARS_PER_S = 4.5
+HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+class LlmStalledError(VoicebotError):
+    """The LLM stopped producing tokens."""
+
+
+def speech_seconds(text: str, length_scale: float = 1.0) -> float:
+    """How long `text` takes to say, estimated from its characters at a Piper voice's pace."""
+    han = len(HAN.findall(text))
+    return (han / HAN_CHARS_PER_S + (len(text) - han) / LATIN_CHARS_PER_S) * length_scale
+
+
+@dataclass
+class SpokenPieces:
+    """The pieces of one reply in order, and how many seconds of audio each became."""
+
+    texts: list[str] = field(default_factory=list)
+    audio_s: list[float] = field(default_factory=list)
+
+    def heard(self, heard_s: float) -> str:
+        """The words a listener heard in the first `heard_s` seconds of the reply."""
+        words: list[str] = []
+        elapsed = 0.0
+        for text, seconds in zip(self.texts, self.audio_s, strict=False):
+            if elapsed + seconds <= heard_s:
+                words.append(text)
+            elif heard_s > elapsed and seconds > 0:
+                part = text.split()
+                kept = int(len(part) * (heard_s - elapsed) / seconds)
+                if kept:
+                    words.append(" ".join(part[:kept]) + "…")
+                break
+            else:
+                break
+            elapsed += seconds
+        return " ".join(words)
+
+
+class Responder:
+    """Answers questions within one conversation: asks the LLM, speaks the answer as it is written.
+
+    With streaming=False it works as chat-bot pipelines used to: the whole answer is written,
+    then all of it synthesised, then played. The benchmark uses that as its baseline. With no
+    sink, nothing is spoken: `on_piece` gets each piece of the answer (for `voicebot chat`).
+    """
+
+    def __init__(
+        self,
+        engines: Engines,
+        sink: AudioSink | None,
+        tracer: Tracer,
+        streaming: bool = True,
+        on_piece: Callable[[str], None] = lambda piece: None,
+    ) -> None:
+        self.engines = engines
+        self.sink = sink
+        self.tracer = tracer
+        self.streaming = streaming
+        self.on_piece = on_piece
+        config = engines.config
+        self.config = config
+        self.sampling = Sampling.from_config(config.llm)
+        self.conversation = Conversation(config.conversation, system_prompts(config.llm))
+        self._background: set[asyncio.Task[None]] = set()
+
+    def _new_chunker(self) -> SentenceChunker:
+        return SentenceChunker(self.config.tts.first_piece_chars, self.config.tts.max_piece_chars)
+
+    async def respond(
+        self,
+        question: str,
+        language: str = "en",
+        tracer: Tracer | HeldTracer | None = None,
+        may_speak: asyncio.Event | None = None,
+        on_speaking: Callable[[float], None] = lambda heard_at: None,
+    ) -> str:
+        """Ask the LLM and speak its answer as it is written; returns what was said.
+
+        With `may_speak`, everything up to the first sound is done, then playback waits for it.
+        """
+        tracer = tracer or self.tracer
+        llm_worker = self.engines.llm_worker
+        assert llm_worker is not None
+        await self._compressed()
+        tokens, cost = await llm_worker.run(self._prepare, question, language)
+        tracer.emit(
+            "llm_prompt",
+            prompt_tokens=cost.tokens,
+            prompt_tokens_cached=cost.cached,
+            prompt_tokens_evaluated=cost.evaluated,
+        )
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        spoken = SpokenPieces()
+        writer = asyncio.create_task(self._write(tokens, pieces, tracer))
+        try:
+            if self.sink is None:
+                await self._show(pieces, spoken)
+            else:
+                await self._speak(pieces, tracer, spoken, may_speak, on_speaking)
+            reply, capped = await writer
+        except asyncio.CancelledError:
+            if may_speak is None or may_speak.is_set():
+                heard = spoken.heard(self.sink.heard_s) if self.sink is not None else ""
+                if heard:
+                    self.conversation.add(question, heard)
+                log.info("reply cut short; the person heard: %r", heard)
+            raise
+        finally:
+            if not writer.done():
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
+        if may_speak is not None:
+            await may_speak.wait()  # An early answer joins the conversation only once its question has ended.
+        # The whole reply as written keeps llama.cpp's KV cache valid; a capped one is what was said.
+        said = " ".join(spoken.texts) if capped else reply
+        self.conversation.add(question, said)
+        self._start_compression(tracer)
+        return said
+
+    def _prepare(self, question: str, language: str) -> tuple[list[int], PromptCost]:
+        """On the LLM worker: the prompt's tokens, and how much of it the KV cache holds."""
+        assert self.engines.chat is not None
+        tokens = self.conversation.prompt(question, language, self.engines.chat)
+        return tokens, self.engines.chat.prompt_cost(tokens)
+
+    def _start_compression(self, tracer: Tracer | HeldTracer) -> None:
+        """Compress old turns on the LLM worker now, while the person listens, not when they next ask."""
+        task = asyncio.create_task(self._compress(tracer), name="compress")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _compress(self, tracer: Tracer | HeldTracer) -> None:
+        assert self.engines.llm_worker is not None and self.engines.chat is not None
+        done = await self.engines.llm_worker.run(self.conversation.compress, self.engines.chat, self.sampling)
+        if done is not None:
+            tracer.emit(
+                "history_compressed",
+                method=done.method,
+                turns=done.turns,
+                tokens_before=done.tokens_before,
+                tokens_after=done.tokens_after,
+                tokens_evaluated=done.tokens_evaluated,
+            )
+
+    async def _compressed(self) -> None:
+        """Wait for a compression still running, so the next prompt sees its result."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Wait for background work on the conversation to end."""
+        await self._compressed()
+
+    async def say(self, text: str, language: str = "en") -> None:
+        """Speak `text` as it is, piece by piece, within the same length cap as answers."""
+        chunker = self._new_chunker()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        budget_s = self.config.conversation.max_reply_s
+        spent_s = 0.0
+        all_pieces = chunker.feed(text) + chunker.flush()
+        for index, piece in enumerate(all_pieces):
+            seconds = speech_seconds(piece, self.config.tts.length_scale)
+            if index and spent_s + seconds > budget_s:
+                log.warning(
+                    "text capped at %.0f s of speech (conversation.max_reply_s): said %d of %d pieces",
+                    budget_s,
+                    index,
+                    len(all_pieces),
+                )
+                self.tracer.emit("reply_capped", max_reply_s=budget_s, pieces=index)
+                break
+            spent_s += seconds
+            self.tracer.emit("sentence", text=piece)
+            pieces.put_nowait(piece)
+        pieces.put_nowait(None)
+        await self._speak(pieces, self.tracer, SpokenPieces())
+
+    async def _write(
+        self, tokens: list[int], pieces: asyncio.Queue[str | None], tracer: Tracer | HeldTracer
+    ) -> tuple[str, bool]:
+        """Generate the answer, cut it into pieces and release them; returns (reply text, whether it was capped)."""
+        chat, llm_worker = self.engines.chat, self.engines.llm_worker
+        assert chat is not None and llm_worker is not None
+        chunker = self._new_chunker()
+        reply: list[str] = []
+        held: list[str] = []
+        release = pieces.put_nowait if self.streaming else held.append
+        budget_s = self.config.conversation.max_reply_s
+        spent_s = 0.0
+        capped = False
+
+        def admit(piece: str) -> bool:
+            nonlocal spent_s, capped
+            seconds = speech_seconds(piece, self.config.tts.length_scale)
+            if spent_s and spent_s + seconds > budget_s:
+                capped = True
+                tracer.emit("reply_capped", max_reply_s=budget_s, spoken_s=round(spent_s, 2))
+                return False
+            spent_s += seconds
+            tracer.emit("sentence", text=piece)
+            release(piece)
+            return True
+
+        stall_s = self.config.llm.stall_timeout_s
+        try:
+            stream = iterate_in_worker(llm_worker, lambda: chat.stream(tokens, self.sampling))
+            async with contextlib.aclosing(stream):
+                while not capped:
+                    try:
+                        token = await asyncio.wait_for(anext(stream), stall_s)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        raise LlmStalledError(
+                            f"the LLM produced no token for {stall_s:.0f} s (llm.stall_timeout_s); reply abandoned"
+                        ) from None
+                    if not reply:
+                        tracer.emit("llm_first_token")
+                    reply.append(token)
+                    for piece in chunker.feed(token):
+                        if not admit(piece):
+                            break
+            if not capped:
+                for piece in chunker.flush():
+                    if not admit(piece):
+                        break
+            tracer.emit("llm_done", tokens=len(reply), capped=capped)
+            for piece in held:
+                pieces.put_nowait(piece)
+        finally:
+            pieces.put_nowait(None)
+        return "".join(reply), capped
+
+    async def _show(self, pieces: asyncio.Queue[str | None], spoken: SpokenPieces) -> None:
+        while (piece := await pieces.get()) is not None:
+            spoken.texts.append(piece)
+            spoken.audio_s.append(speech_seconds(piece))
+            self.on_piece(piece)
+
+    async def _speak(
+        self,
+        pieces: asyncio.Queue[str | None],
+        tracer: Tracer | HeldTracer,
+        spoken: SpokenPieces,
+        may_speak: asyncio.Event | None = None,
+        on_speaking: Callable[[float], None] = lambda heard_at: None,
+    ) -> None:
+        synthesizer, tts_worker, sink = self.engines.synthesizer, self.engines.tts_worker, self.sink
+        assert synthesizer is not None and tts_worker is not None and sink is not None
+        playing = False
+        held: list[AudioChunk] = []
+
+        def on_first_sample(heard_at: float) -> None:
+            tracer.emit("playback_start", t=heard_at)
+            on_speaking(heard_at)
+
+        async def play(audio: AudioChunk) -> None:
+            nonlocal playing
+            if not playing:
+                if may_speak is not None:
+                    await may_speak.wait()
+                sink.start(on_first_sample)
+                playing = True
+            await sink.play(audio)
+
+        first_audio = True
+        try:
+            while (piece := await pieces.get()) is not None:
+                spoken.texts.append(piece)
+                spoken.audio_s.append(0.0)
+                self.on_piece(piece)
+                async for audio in iterate_in_worker(tts_worker, lambda: synthesizer.synthesize(piece)):
+                    if first_audio:
+                        tracer.emit("tts_first_audio")
+                        first_audio = False
+                    spoken.audio_s[-1] += audio.seconds
+                    if self.streaming:
+                        await play(audio)
+                    else:
+                        held.append(audio)
+            for audio in held:
+                await play(audio)
+            if playing:
+                await sink.drain()
+                tracer.emit("playback_end")
+        except BaseException:
+            if playing:
+                sink.stop()
+            raise
