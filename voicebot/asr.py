@@ -77,8 +77,16 @@ class Transcriber:
                 "set asr.language: en or use a multilingual Whisper model (models.asr)"
             )
 
+    def _is_silence(self, no_speech_prob: float, avg_logprob: float) -> bool:
+        """Whisper's own rule: silence only if the no-speech token is likely and the words are also unsure.
+
+        A high no_speech_prob alone is not enough: Whisper raises it for one-word commands such as "Stop."
+        (0.3 to 0.5 from tiny.en, against under 0.1 for a sentence) even when it is sure of the word.
+        """
+        return no_speech_prob > self.config.no_speech_prob_max and avg_logprob < self.config.avg_logprob_min
+
     def transcribe(self, audio: np.ndarray) -> Transcript:
-        """Transcribe 16 kHz float32 speech; segments that look like silence or guesses are dropped."""
+        """Transcribe 16 kHz float32 speech; segments that are silence or a repeating loop are dropped."""
         if len(audio) < MIN_AUDIO_S * 16000:
             return Transcript("", self.config.language)
         language = None if self.config.language == "auto" else self.config.language
@@ -90,20 +98,23 @@ class Transcriber:
             condition_on_previous_text=False,
             without_timestamps=True,
             vad_filter=False,  # The endpointer already cut the audio to the speech.
-            no_speech_threshold=self.config.no_speech_prob_max,
+            no_speech_threshold=None,  # The silence rule is applied below, where each drop is logged.
         )
         kept = []
         for segment in segments:
-            if segment.no_speech_prob > self.config.no_speech_prob_max:
-                log.info("dropped segment %r: no_speech_prob %.2f", segment.text, segment.no_speech_prob)
-            elif segment.compression_ratio > MAX_COMPRESSION_RATIO:
+            if segment.compression_ratio > MAX_COMPRESSION_RATIO:
                 log.info(
                     "dropped segment %r: repeats itself (compression %.1f)",
                     segment.text[:40],
                     segment.compression_ratio,
                 )
-            elif segment.avg_logprob < self.config.avg_logprob_min:
-                log.info("dropped segment %r: avg_logprob %.2f", segment.text, segment.avg_logprob)
+            elif self._is_silence(segment.no_speech_prob, segment.avg_logprob):
+                log.info(
+                    "dropped segment %r: silence (no_speech_prob %.2f, avg_logprob %.2f)",
+                    segment.text,
+                    segment.no_speech_prob,
+                    segment.avg_logprob,
+                )
             else:
                 kept.append(segment.text.strip())
         separator = "" if info.language == "zh" else " "
