@@ -129,7 +129,7 @@ class LlmConfig:
     """Penalty for repeating recent tokens, so a small model does not loop; 1 turns it off."""
     seed: Optional[int] = setting(None, min=0, max=2**31 - 1)
     """Sampling seed, for repeatable replies; null for a new one each time."""
-    stall_timeout_s: float = setting(20.0, min=1.0, max=600.0)
+    stall_timeout_s: float = setting(20.0, min=0.01, max=600.0)
     """A generation that yields no token for this long is abandoned, with the error earcon."""
     cores: Cores = "auto"
     """CPU cores the inference threads are pinned to; one thread per core. auto: every core but

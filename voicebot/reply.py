@@ -115,6 +115,9 @@ class Responder:
         tokens, cost = await llm_worker.run(self._prepare, question, language)
         tracer.emit(
             "llm_prompt",
+            language=language,
+            history_turns=len(self.conversation.exchanges),
+            summary=bool(self.conversation.summary),
             prompt_tokens=cost.tokens,
             prompt_tokens_cached=cost.cached,
             prompt_tokens_evaluated=cost.evaluated,
