@@ -11,7 +11,7 @@ import pytest
 
 from voicebot.config import config_from_dict
 from voicebot.errors import ConfigError
-from voicebot.llm import ChatModel
+from voicebot.llm import ChatModel, Sampling
 from voicebot.models import resolve_llm
 from voicebot.threads import PinnedWorker, available_cores, resolve_cores
 
@@ -46,18 +46,19 @@ def busy_threads_while_generating(cores: tuple[int, ...]) -> tuple[dict[int, set
     config = config_from_dict({"profile": "bundled", "llm": {"cores": list(cores), "seed": 1, "max_reply_tokens": 160}})
     worker = PinnedWorker("llm-test", resolve_cores(config.llm.cores, "llm"))
     chat = ChatModel(resolve_llm(config), config.llm, worker)
-    messages = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+    tokens = chat.prompt_tokens([{"role": "user", "content": "Write a long story about a lighthouse keeper."}])
     try:
         main_thread = threading.get_native_id()
         before = thread_cpu_ticks()
-        future = worker.submit(lambda: "".join(chat.stream(messages)))
+        future = worker.submit(chat.complete, tokens, Sampling.from_config(config.llm))
         time.sleep(0.3)  # Let generation get going, then look while it runs.
         during = thread_cpu_ticks()
+        assert not future.done(), "generation ended before its threads were looked at"
         allowed = {
             tid: cpus_allowed(tid) for tid, ticks in during.items() if ticks > before.get(tid, 0) and tid != main_thread
         }
         reply = future.result(timeout=120)
-        assert not future.running() and reply
+        assert reply
         return allowed, worker.thread_id, chat
     finally:
         worker.close()
@@ -72,6 +73,25 @@ def test_inference_threads_stay_on_the_one_configured_core():
     assert llm_thread in allowed, "the LLM worker thread did no work during generation"
     assert all(cores == {core} for cores in allowed.values()), allowed
     assert chat._llama.n_threads == 1 and chat._llama.context_params.n_threads_batch == 1
+
+
+@pytest.mark.skipif(
+    len(available_cores()) < 3,
+    reason=f"needs 3 cores to confine 2 inference threads to a strict subset; this machine has {len(available_cores())}",
+)
+def test_several_inference_threads_stay_inside_a_strict_subset_of_the_cores():
+    cores = available_cores()
+    subset = cores[1:]  # Every core but the first, as llm.cores: auto chooses: at least 2, and one left out.
+
+    allowed, llm_thread, chat = busy_threads_while_generating(subset)
+
+    n_threads = chat._llama.n_threads
+    assert n_threads == chat._llama.context_params.n_threads_batch == len(subset) >= 2
+    assert llm_thread in allowed, "the LLM worker thread did no work during generation"
+    # llama.cpp's OpenMP team: the worker thread and n_threads - 1 more, all working while it generates.
+    assert len(allowed) >= n_threads, allowed
+    assert all(threads <= set(subset) for threads in allowed.values()), allowed
+    assert os.sched_getaffinity(0) == set(cores), "pinning a worker must not change the main thread"
 
 
 def test_thread_count_follows_the_cores():
