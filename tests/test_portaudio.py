@@ -1,7 +1,7 @@
 """MicrophoneSource and SpeakerSink through real PortAudio streams, against a private PulseAudio null sink.
 
 The speaker plays into the null sink `vmic`; the microphone records its monitor, so what the speaker played comes
-back as what the microphone heard (see /work/shared/TESTING-AUDIO.md). Skipped, with the reason, only where
+back as what the microphone heard (tests/pulse.py starts that daemon). Skipped, with the reason, only where
 PulseAudio cannot start. Every await is bounded; the fault test that kills the daemon restarts it afterwards.
 """
 
