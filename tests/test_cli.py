@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 import wave
 
 import pytest
-from conftest import data_clip, run_voicebot
+from conftest import REPO, data_clip, run_voicebot
 
 BUNDLED = ["--set", "profile=bundled"]
-COMMANDS = ["run", "ask", "say", "transcribe", "devices"]
+COMMANDS = ["run", "ask", "say", "chat", "transcribe", "devices"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -52,8 +54,11 @@ def test_ask_prints_and_speaks_the_answer(tmp_path):
     )
 
     assert result.returncode == 0, result.stderr
-    assert "paris" in result.stdout.lower()
-    assert '"event": "playback_start"' in trace.read_text()
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    # What is printed is what was spoken, piece by piece (the words themselves are a 135M model's to choose).
+    spoken = " ".join(e["text"] for e in events if e["event"] == "sentence")
+    assert spoken and set(re.findall(r"\w+", spoken)) <= set(re.findall(r"\w+", result.stdout)), (spoken, result.stdout)
+    assert "playback_start" in {e["event"] for e in events}
     with wave.open(str(out)) as spoken:
         assert spoken.getnframes() > 0
 
@@ -108,7 +113,7 @@ def write_text(path, text: str):
     "make_input, message",
     [
         (lambda d: d / "absent.wav", "does not exist"),
-        (lambda d: write_text(d / "text.wav", "not audio"), "is not a readable WAV (no RIFF/WAVE header)"),
+        (lambda d: write_text(d / "text.wav", "not audio"), "is not readable audio (Format not recognised)"),
         (lambda d: d, "Is a directory"),
     ],
 )
@@ -146,3 +151,48 @@ def test_fast_needs_an_input_file():
     line = one_line_error(run_voicebot("run", *BUNDLED, "--fast"), 70)
 
     assert "--fast needs --input" in line
+
+
+@pytest.mark.parametrize("command", ["say", "ask"])
+@pytest.mark.parametrize("text", ["", "   ", "🙂🙂", "..."])
+def test_text_with_nothing_to_say_is_refused(command, text, tmp_path):
+    line = one_line_error(run_voicebot(command, *BUNDLED, text, "--output", str(tmp_path / "o.wav")), 70)
+
+    assert f"{command}: the text {text!r} has nothing to say" in line
+
+
+def test_very_long_text_is_capped_like_an_answer_with_a_warning(tmp_path):
+    out = tmp_path / "long.wav"
+    text = "The kettle is on and the bread is in the oven. " * 425  # about 20,000 characters
+
+    result = run_voicebot("say", *BUNDLED, "--set", "conversation.max_reply_s=10", text, "--output", str(out))
+
+    assert result.returncode == 0, result.stderr
+    assert "text capped at 10 s of speech (conversation.max_reply_s)" in result.stderr
+    with wave.open(str(out)) as spoken:
+        seconds = spoken.getnframes() / spoken.getframerate()
+    assert 5.0 < seconds <= 10 * 1.3, seconds
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--echo", "0.5,30"], "--echo needs --input in real time"),
+        (["--echo", "loud", "--input", "IN"], "--echo expects GAIN[,DELAY_MS]"),
+        (["--echo", "0.5,30", "--input", "IN", "--fast"], "--echo needs --input in real time"),
+    ],
+)
+def test_bad_echo_option_is_one_line(tmp_path, args, message):
+    wav = tmp_path / "in.wav"
+    wav.write_bytes((REPO / "tests" / "data" / "alexa_real.wav").read_bytes())
+    args = [str(wav) if arg == "IN" else arg for arg in args]
+
+    line = one_line_error(run_voicebot("run", *BUNDLED, *args, "--output", str(tmp_path / "o.wav")), 70)
+
+    assert message in line
+
+
+def test_chat_output_needs_speak(tmp_path):
+    line = one_line_error(run_voicebot("chat", *BUNDLED, "--output", str(tmp_path / "o.wav")), 70)
+
+    assert "--output needs --speak" in line

@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Listen for the wake word and answer questions aloud. "
         "With --input, exit once the input has ended and the last reply has been spoken.",
     )
-    run.add_argument("--input", metavar="WAV", help="hear this WAV file instead of the microphone")
+    run.add_argument(
+        "--input", metavar="WAV", help="hear this audio file (WAV, FLAC, MP3, OGG) instead of the microphone"
+    )
     run.add_argument("--output", metavar="WAV", help="write replies to this WAV file instead of the speaker")
     run.add_argument("--trace", metavar="FILE", help="write pipeline events as JSON Lines to FILE")
     run.add_argument(
@@ -111,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the transcript of a WAV file",
         description="Transcribe a WAV file with the configured speech recognition model.",
     )
-    transcribe.add_argument("wav", help="the WAV file (any rate and channel count)")
+    transcribe.add_argument("wav", help="the audio file: WAV, FLAC, MP3 or OGG, any rate and channel count")
 
     bench = commands.add_parser(
         "bench",

@@ -88,9 +88,11 @@ class AsrConfig:
     beam_size: int = setting(1, min=1, max=10)
     """Beam search width; 1 (greedy) is fastest."""
     no_speech_prob_max: float = setting(0.6, min=0.0, max=1.0)
-    """Segments Whisper thinks are more likely silence than this are dropped."""
+    """A segment Whisper thinks more likely silence than this is dropped, if its avg_logprob is also
+    below avg_logprob_min (Whisper's own rule), so short commands such as "Stop." are kept."""
     avg_logprob_min: float = setting(-1.0, min=-10.0, max=0.0)
-    """Segments with a lower mean log-probability are dropped as likely hallucinations."""
+    """A segment with a lower mean log-probability is dropped as silence when its no_speech_prob is
+    also above no_speech_prob_max."""
     cores: Cores = "auto"
     """CPU cores for recognition, e.g. [0, 1]; auto uses every core (the LLM is idle meanwhile)."""
 

@@ -35,7 +35,7 @@ class ModelLoadError(VoicebotError):
 
 
 class AudioInputError(VoicebotError):
-    """An input WAV file is missing, unreadable or not PCM audio."""
+    """An input audio file is missing, unreadable or not audio."""
 
     exit_code = EX_NOINPUT
 
