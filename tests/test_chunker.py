@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
 
-from voicebot.chunker import SentenceChunker, speakable
+from voicebot.chunker import SentenceChunker, chars_for_language, speakable
 
 # Roughly how an LLM tokenizer splits text: words with their leading space, numbers, one or two
 # CJK characters, newlines, and backticks in pairs so that a code fence arrives as "``" + "`".
@@ -257,6 +258,87 @@ def test_pieces(text, expected, split):
     assert all(piece and piece == piece.strip() for piece in pieces)
 
 
+def random_split(seed: int):
+    """Cuts at random places, as a tokenizer with odd merges might: one to four characters at a time."""
+
+    def split(text: str) -> list[str]:
+        rng = random.Random(seed)
+        tokens, start = [], 0
+        while start < len(text):
+            end = start + rng.randint(1, 4)
+            tokens.append(text[start:end])
+            start = end
+        return tokens
+
+    return split
+
+
+CHINESE_SPLITTERS = {"chars": list, "llm_tokens": llm_tokens} | {
+    f"random_{seed}": random_split(seed) for seed in (1, 2, 3)
+}
+
+# With language="zh" the default limits (60 and 250 English characters) become 20 and 84 Chinese characters,
+# and the shortest clause worth an early cut 4 (12 in English).
+CHINESE_CASES = [
+    (
+        "early_first_piece_at_the_clause_before_20",
+        LONG_CHINESE,
+        [
+            "我们今天先去超市买一些新鲜的水果和蔬菜，",
+            "然后回家洗干净切好放进冰箱里面保存起来，晚上再请几位好朋友一起来家里吃饭聊天喝茶，最后大家一起看一部有趣的电影。",
+        ],
+    ),
+    (
+        "early_first_piece_at_the_first_clause_past_20",
+        "明天北京的天气是晴天转多云的，最高气温二十五度，最低气温十五度，适合出门。",
+        ["明天北京的天气是晴天转多云的，", "最高气温二十五度，最低气温十五度，适合出门。"],
+    ),
+    (
+        "clause_shorter_than_4_is_not_a_first_piece",
+        "好的，我来帮你查一下明天北京的天气情况和空气质量。",
+        ["好的，我来帮你查一下明天北京的天气情况和空气质量。"],
+    ),
+    ("short_sentences_whole", "你好！今天想聊点什么？", ["你好！", "今天想聊点什么？"]),
+    (
+        "acronym_and_digits_inside",
+        "我们用GPS导航，大概需要30分钟才能到达目的地附近的停车场。然后步行。",
+        ["我们用GPS导航，", "大概需要30分钟才能到达目的地附近的停车场。", "然后步行。"],
+    ),
+    (
+        "no_comma_waits_for_the_sentence_end",
+        "首先打开设置然后选择网络和互联网再点击无线网络最后输入密码就可以连接了。好的。",
+        ["首先打开设置然后选择网络和互联网再点击无线网络最后输入密码就可以连接了。", "好的。"],
+    ),
+    ("cap_at_84_without_punctuation", "中文" * 100, ["中文" * 42, "中文" * 42, "中文" * 16]),
+    ("units_and_dates_kept", "今天是2024年1月15日，气温-5℃。", ["今天是2024年1月15日，气温-5℃。"]),
+    (
+        "english_sentences_inside",
+        "我喜欢 Python. It is easy to learn. 你呢？",
+        ["我喜欢 Python.", "It is easy to learn.", "你呢？"],
+    ),
+    ("ellipsis_and_markdown", "嗯……让我想想。**好吧！**", ["嗯……让我想想。", "好吧！"]),
+]
+
+
+@pytest.mark.parametrize("split", CHINESE_SPLITTERS.values(), ids=CHINESE_SPLITTERS.keys())
+@pytest.mark.parametrize("text, expected", params(CHINESE_CASES))
+def test_chinese_pieces(text, expected, split):
+    assert chunk(text, split, language="zh") == expected
+
+
+def test_chinese_rules_cut_a_long_first_sentence_sooner_than_english_rules():
+    english_rules, chinese_rules = chunk(LONG_CHINESE, list), chunk(LONG_CHINESE, list, language="zh")
+
+    assert len(chinese_rules[0]) == 20 < len(english_rules[0]) == 40
+
+
+@pytest.mark.parametrize(
+    "english_chars, language, chars", [(60, "en", 60), (60, "zh", 20), (250, "zh", 84), (12, "zh", 4), (60, "fr", 60)]
+)
+def test_chars_for_language(english_chars, language, chars):
+    assert chars_for_language(english_chars, language) == chars
+
+
 @pytest.mark.parametrize("split", SPLITTERS.values(), ids=SPLITTERS.keys())
 @pytest.mark.parametrize("first, maximum, text, expected", params(SIZED_CASES))
 def test_piece_sizes(first, maximum, text, expected, split):
@@ -357,6 +439,7 @@ SPEAKABLE_CASES = [
     ("zwj_family", "Family 👨\u200d👩\u200d👧 time", "Family time"),
     ("flag_and_keycap", "🇺🇸 1️⃣ one", "one"),
     ("symbols_kept", "$5, €3, £2, ¥100, 50%, 20°C", "$5, €3, £2, ¥100, 50%, 20°C"),
+    ("celsius_sign_kept", "气温-5℃，体温98℉", "气温-5℃，体温98℉"),
     ("chinese_kept", "你好，世界！", "你好，世界！"),
     ("punctuation_only", "... !?", ""),
     ("whitespace", "  a \n\t b  ", "a b"),

@@ -11,6 +11,10 @@ an ASCII `.!?` means seeing the next character. Choices where the rules leave ro
 - `.!?` followed directly by a CJK character also end a sentence (`好用!我`); `…` does not.
 - A code fence (three or more backticks, anywhere) ends the current piece and everything up to
   the closing fence is dropped; an unclosed fence drops the rest of the reply.
+- Limits are counted in English characters. For a Chinese reply (`language="zh"`) each limit is a
+  third as many characters: a Chinese character is a whole syllable, about as much speech as three
+  English letters (some 5 syllables a second against 15 letters), and an LLM spends about as many
+  tokens on it as on three letters, so the early first piece comes as soon for either language.
 - `speakable` replaces a bare URL with its domain (`https://www.python.org/downloads/` is
   spoken as `python.org`), keeps e-mail addresses and bare domains, drops images and keeps the
   text of links.
@@ -18,6 +22,7 @@ an ASCII `.!?` means seeing the next character. Choices where the rules leave ro
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from urllib.parse import urlsplit
@@ -41,6 +46,8 @@ PHRASE_START = re.compile(
     re.IGNORECASE,
 )
 FENCE_BACKTICKS = 3
+# How many English characters' worth of speech one character of the language carries (1 if not listed).
+ENGLISH_CHARS_PER_CHAR = {"zh": 3}
 
 NEVER_FINAL_ABBREVIATIONS = frozenset(
     {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "e.g", "i.e", "approx", "inc", "ltd", "co"}
@@ -74,21 +81,33 @@ BACKTICKS = re.compile(r"`+")
 KEYCAP = re.compile("[0-9#*]\ufe0f?\u20e3")
 WHITESPACE = re.compile(r"\s+")
 SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+(?=[,.!?;:%)\]}。，！？；：、])")
-KEPT_SYMBOLS = frozenset("°")
+KEPT_SYMBOLS = frozenset("°℃℉")  # 气温-5℃: a unit, not an emoji
 
 
 class _NeedMoreText(Exception):
     """The next cut depends on text that has not arrived yet."""
 
 
-class SentenceChunker:
-    """Turns a stream of LLM tokens into speakable pieces, as early as possible."""
+def chars_for_language(english_chars: int, language: str) -> int:
+    """How many characters of `language` carry as much speech as `english_chars` English ones."""
+    return math.ceil(english_chars / ENGLISH_CHARS_PER_CHAR.get(language, 1))
 
-    def __init__(self, first_piece_chars: int = 60, max_piece_chars: int = 250) -> None:
+
+class SentenceChunker:
+    """Turns a stream of LLM tokens into speakable pieces, as early as possible.
+
+    The limits are in English characters; `language` (the reply's, e.g. as Whisper detected the question's)
+    scales them to characters of that language.
+    """
+
+    def __init__(self, first_piece_chars: int = 60, max_piece_chars: int = 250, language: str = "en") -> None:
         if first_piece_chars < 1 or max_piece_chars < 1:
             raise ValueError("first_piece_chars and max_piece_chars must be at least 1")
-        self.first_piece_chars = first_piece_chars
-        self.max_piece_chars = max_piece_chars
+        self.language = language
+        self.first_piece_chars = chars_for_language(first_piece_chars, language)
+        self.max_piece_chars = chars_for_language(max_piece_chars, language)
+        self._min_clause_chars = chars_for_language(MIN_CLAUSE_PIECE_CHARS, language)
+        self._first_piece_grace_chars = chars_for_language(FIRST_PIECE_GRACE_CHARS, language)
         self.reset()
 
     def reset(self) -> None:
@@ -185,7 +204,7 @@ class SentenceChunker:
                 if cut is not None:
                     return cut
                 self._seeking_clause = True
-            if self._seeking_clause and index == self.first_piece_chars + FIRST_PIECE_GRACE_CHARS:
+            if self._seeking_clause and index == self.first_piece_chars + self._first_piece_grace_chars:
                 cut = self._phrase_cut(index)
                 if cut is not None:
                     return cut
@@ -238,7 +257,7 @@ class SentenceChunker:
         return char
 
     def _is_clause_cut(self, cut: int) -> bool:
-        if cut < MIN_CLAUSE_PIECE_CHARS:
+        if cut < self._min_clause_chars:
             return False
         char = self._text[cut - 1]
         if char in CJK_CLAUSE_ENDS:
@@ -249,7 +268,7 @@ class SentenceChunker:
         return False
 
     def _last_clause_cut(self, limit: int) -> int | None:
-        for cut in range(limit, MIN_CLAUSE_PIECE_CHARS - 1, -1):
+        for cut in range(limit, self._min_clause_chars - 1, -1):
             if self._is_clause_cut(cut):
                 return cut
         return None
@@ -257,8 +276,8 @@ class SentenceChunker:
     def _phrase_cut(self, limit: int) -> int | None:
         """The last cut before `limit` where a phrase starts ("... the eye | that sees ..."), for a first piece
         that has no comma: speech starts sooner, and the break falls where a speaker might pause."""
-        for match in reversed(list(PHRASE_START.finditer(self._text, MIN_CLAUSE_PIECE_CHARS, limit))):
-            if match.start() >= MIN_CLAUSE_PIECE_CHARS:
+        for match in reversed(list(PHRASE_START.finditer(self._text, self._min_clause_chars, limit))):
+            if match.start() >= self._min_clause_chars:
                 return match.start()
         return None
 
