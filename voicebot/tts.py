@@ -41,7 +41,9 @@ CJK_PUNCTUATION_FOR_EN = str.maketrans({"。": ".", "、": ",", "「": '"', "」
 QUIET_PUNCTUATION = frozenset(".,;:!?'\"()-—–“”‘’")
 QUIET_PUNCTUATION_ZH = QUIET_PUNCTUATION | frozenset("。，、；：！？「」『』（）《》〈〉【】…")
 
-NUMBER = r"\d+(?:[.,]\d+)*"
+# Starting only where a number starts keeps every rule linear: from inside a run of 10,000 digits each match
+# attempt would read to its end.
+NUMBER = r"(?<![\d.,])\d+(?:[.,]\d+)*"
 # A letter standing alone, as in `x + y` or `π r`: not part of a word.
 VARIABLE = r"(?<![^\W\d_])[A-Za-z\u0391-\u03a9\u03b1-\u03c9](?![^\W\d_])"
 OPERAND = rf"\(?(?:{NUMBER}|{VARIABLE})\)?"
