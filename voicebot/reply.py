@@ -93,8 +93,8 @@ class Responder:
         self.conversation = Conversation(config.conversation, system_prompts(config.llm))
         self._background: set[asyncio.Task[None]] = set()
 
-    def _new_chunker(self) -> SentenceChunker:
-        return SentenceChunker(self.config.tts.first_piece_chars, self.config.tts.max_piece_chars)
+    def _new_chunker(self, language: str) -> SentenceChunker:
+        return SentenceChunker(self.config.tts.first_piece_chars, self.config.tts.max_piece_chars, language=language)
 
     async def respond(
         self,
@@ -124,12 +124,12 @@ class Responder:
         )
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
         spoken = SpokenPieces()
-        writer = asyncio.create_task(self._write(tokens, pieces, tracer))
+        writer = asyncio.create_task(self._write(tokens, pieces, tracer, language))
         try:
             if self.sink is None:
                 await self._show(pieces, spoken)
             else:
-                await self._speak(pieces, tracer, spoken, may_speak, on_speaking)
+                await self._speak(pieces, tracer, spoken, language, may_speak, on_speaking)
             reply, capped = await writer
         except asyncio.CancelledError:
             if may_speak is None or may_speak.is_set():
@@ -186,7 +186,7 @@ class Responder:
 
     async def say(self, text: str, language: str = "en") -> None:
         """Speak `text` as it is, piece by piece, within the same length cap as answers."""
-        chunker = self._new_chunker()
+        chunker = self._new_chunker(language)
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
         budget_s = self.config.conversation.max_reply_s
         spent_s = 0.0
@@ -206,15 +206,15 @@ class Responder:
             self.tracer.emit("sentence", text=piece)
             pieces.put_nowait(piece)
         pieces.put_nowait(None)
-        await self._speak(pieces, self.tracer, SpokenPieces())
+        await self._speak(pieces, self.tracer, SpokenPieces(), language)
 
     async def _write(
-        self, tokens: list[int], pieces: asyncio.Queue[str | None], tracer: Tracer | HeldTracer
+        self, tokens: list[int], pieces: asyncio.Queue[str | None], tracer: Tracer | HeldTracer, language: str
     ) -> tuple[str, bool]:
         """Generate the answer, cut it into pieces and release them; returns (reply text, whether it was capped)."""
         chat, llm_worker = self.engines.chat, self.engines.llm_worker
         assert chat is not None and llm_worker is not None
-        chunker = self._new_chunker()
+        chunker = self._new_chunker(language)
         reply: list[str] = []
         held: list[str] = []
         release = pieces.put_nowait if self.streaming else held.append
@@ -275,6 +275,7 @@ class Responder:
         pieces: asyncio.Queue[str | None],
         tracer: Tracer | HeldTracer,
         spoken: SpokenPieces,
+        language: str,
         may_speak: asyncio.Event | None = None,
         on_speaking: Callable[[float], None] = lambda heard_at: None,
     ) -> None:
@@ -302,7 +303,7 @@ class Responder:
                 spoken.texts.append(piece)
                 spoken.audio_s.append(0.0)
                 self.on_piece(piece)
-                async for audio in iterate_in_worker(tts_worker, lambda: synthesizer.synthesize(piece)):
+                async for audio in iterate_in_worker(tts_worker, lambda: synthesizer.synthesize(piece, language)):
                     if first_audio:
                         tracer.emit("tts_first_audio")
                         first_audio = False
