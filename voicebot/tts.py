@@ -339,14 +339,14 @@ class Synthesizer:
         wanted = language_of(text, default=language or "en")
         if wanted in self._voices:
             return wanted
+        fallback = "en" if "en" in self._voices else next(iter(self._voices))
         if wanted not in self._warned_missing:
+            setting = f" (models.voice_{wanted})" if wanted in ("en", "zh") else ""
             log.warning(
-                "no Piper voice for %s (models.voice_%s): its text goes to another voice, which says only what it can",
-                wanted,
-                wanted,
+                "no Piper voice for %s%s: the %s voice says what it can of that text", wanted, setting, fallback
             )
             self._warned_missing.add(wanted)
-        return "en" if "en" in self._voices else next(iter(self._voices))
+        return fallback
 
     def synthesize(self, text: str, language: str | None = None) -> Iterator[AudioChunk]:
         """Audio for one piece of text, a chunk per sentence; nothing if the text has nothing to say.
