@@ -86,11 +86,12 @@ def hear(
     gain: float = GAIN,
     delay_ms: float = DELAY_MS,
     peak: PeakScore | None = None,
+    noise: np.ndarray | None = None,
 ) -> Heard:
     """Play `reply` into a room, add the person `person_at_s` into it, cancel, and listen for the wake word.
 
     With `earlier_reply`, the same room and canceller first hear that reply, as after an earlier turn.
-    With `peak`, every cleaned frame is also scored, for the measurements.
+    With `peak`, every cleaned frame is also scored, and `noise` is added to the microphone from the start.
     """
     room = RoomEcho(gain, delay_ms)
     if earlier_reply is not None:
@@ -98,8 +99,12 @@ def hear(
             canceller.process(room.apply(played), played)
     detector.reset()
     played = frames_of(np.concatenate([silence(LEAD_S), reply, silence(1.0)]))
+    if noise is not None and noise.size > played.size:
+        played = frames_of(np.pad(played.ravel(), (0, noise.size - played.size)))
     echo = np.stack([room.apply(frame) for frame in played])
     mic = echo.copy().ravel()
+    if noise is not None:
+        mic[: noise.size] += noise
     person_span = slice(0, 0)
     if person is not None:
         start = round((LEAD_S + person_at_s) * INPUT_RATE_HZ)
@@ -120,7 +125,8 @@ def hear(
     echo_only[: round(LEAD_S * INPUT_RATE_HZ)] = False
     echo_only[person_span] = False
     residual = np.concatenate(cleaned)[echo_only]
-    erle_db = 10 * math.log10(np.sum(echo.ravel()[echo_only] ** 2) / max(np.sum(residual**2), 1e-12))
+    echo_energy = float(np.sum(echo.ravel()[echo_only] ** 2))
+    erle_db = 10 * math.log10(echo_energy / max(np.sum(residual**2), 1e-12)) if echo_energy else math.nan
     return Heard(detections, erle_db, cpu_s, mic.size / INPUT_RATE_HZ)
 
 
@@ -498,16 +504,50 @@ def measure(speech: Speech) -> str:
             cells.append(f"{'**woke** ' + str(woke) + 'x' if woke else 'no'} ({peak.score:.2f})")
         robustness.append(f"| {name} | " + " | ".join(cells) + " |")
 
+    quiet = [
+        "",
+        '| nothing playing: "hey jarvis" in noise, heard / 8 | ' + " | ".join(CANDIDATES) + " |",
+        "|---" * (len(CANDIDATES) + 1) + "|",
+    ]
+    background = read_wav(data_clip("speech_long_no_wakeword.flac")).resampled(INPUT_RATE_HZ).samples
+    for name, snr_db in (
+        ("pink noise", 10.0),
+        ("pink noise", 5.0),
+        ("someone else talking", 10.0),
+        ("someone else talking", 5.0),
+    ):
+        cells = []
+        for make in CANDIDATES.values():
+            rng, found = np.random.default_rng(5), 0
+            for index in range(8):
+                if name == "pink noise":
+                    noise = _pink_noise(rng, 5 * INPUT_RATE_HZ)
+                else:
+                    noise = background[index * 4 * INPUT_RATE_HZ :][: 5 * INPUT_RATE_HZ].copy()
+                noise *= _active_rms(speech.hey_jarvis) / _active_rms(noise) / 10 ** (snr_db / 20)
+                heard = hear(make(), np.zeros(0, np.float32), jarvis, speech.hey_jarvis, 0.0, noise=noise)
+                found += heard.detections != []
+            cells.append(f"{found}/8")
+        quiet.append(f"| {name}, {snr_db:g} dB below the person | " + " | ".join(cells) + " |")
+
     echo = np.concatenate([RoomEcho(GAIN, DELAY_MS).apply(frame) for frame in frames_of(speech.long_replies[0])])
     level = f'The person\'s "hey jarvis" is {_level_db(speech.hey_jarvis, echo):+.1f} dB against the echo while each speaks.'
-    return "\n".join([*table, "", level, *robustness])
+    return "\n".join([*table, "", level, *robustness, *quiet])
+
+
+def _active_rms(samples: np.ndarray) -> float:
+    """The level while there is sound: RMS of the samples above 0.01."""
+    return float(np.sqrt(np.mean(samples[np.abs(samples) > 0.01] ** 2)))
 
 
 def _level_db(speech: np.ndarray, echo: np.ndarray) -> float:
-    def active_rms(samples: np.ndarray) -> float:
-        return float(np.sqrt(np.mean(samples[np.abs(samples) > 0.01] ** 2)))
+    return 20 * math.log10(_active_rms(speech) / _active_rms(echo))
 
-    return 20 * math.log10(active_rms(speech) / active_rms(echo))
+
+def _pink_noise(rng: np.random.Generator, count: int) -> np.ndarray:
+    spectrum = np.fft.rfft(rng.standard_normal(count))
+    spectrum[1:] /= np.sqrt(np.arange(1, len(spectrum)))
+    return np.fft.irfft(spectrum, count).astype(np.float32)
 
 
 if __name__ == "__main__":
