@@ -444,7 +444,9 @@ class SpeakerSink:
         self._resampler: soxr.ResampleStream | None = None
         self._resampler_rate_hz = 0
         self._reply_samples = 0  # samples of the current reply handed to the device
+        self._timeline_end: float | None = None  # when the audio last added to the timeline ends
         self._last_sound_at = float("-inf")
+        self._restarting = False  # stop() is aborting the stream on purpose
         try:
             self._stream = sd.OutputStream(
                 samplerate=self.rate_hz,
@@ -491,7 +493,9 @@ class SpeakerSink:
             self._loop.call_soon_threadsafe(callback, heard_at)
 
     def _on_finished(self) -> None:
-        self._error = f"speaker {self.device or 'default'} stopped"
+        # PortAudio calls this for every stream that ends, including stop()'s own abort, which is no failure.
+        if not self._restarting:
+            self._error = f"speaker {self.device or 'default'} stopped"
 
     def start(self, on_first_sample: Callable[[float], None]) -> None:
         self._loop = asyncio.get_running_loop()
@@ -506,7 +510,13 @@ class SpeakerSink:
         if self.timeline is not None:
             with self._lock:
                 ahead_s = self._queued_samples / self.rate_hz
-            self.timeline.add(self.clock.now() + ahead_s + self._stream.latency, chunk)
+            starts_at = self.clock.now() + ahead_s + self._stream.latency
+            if ahead_s > 0 and self._timeline_end is not None:
+                # Queued behind audio still playing, it follows that audio sample for sample: the echo
+                # canceller's reference must not wobble by the device's block size.
+                starts_at = self._timeline_end
+            self.timeline.add(starts_at, chunk)
+            self._timeline_end = starts_at + chunk.seconds
         self._enqueue(self._resample(chunk))
 
     def _resample(self, chunk: AudioChunk, last: bool = False) -> np.ndarray:
@@ -549,11 +559,14 @@ class SpeakerSink:
             sounding = time.monotonic() - self._last_sound_at < self._stream.latency + 0.1
         if sounding:
             # Abort drops what the device has queued, which would otherwise play on for its latency.
+            self._restarting = True
             try:
                 self._stream.abort()
                 self._stream.start()
             except Exception as error:
                 self._error = f"speaker {self.device or 'default'} failed to restart: {error}"
+            finally:
+                self._restarting = False
         stopped_at = self.clock.now()
         if self.timeline is not None:
             self.timeline.cut(stopped_at)

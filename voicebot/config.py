@@ -43,10 +43,11 @@ class AudioConfig:
     """Rate to open the speaker at; null for the device's default. Replies are resampled to it."""
     input_queue_s: float = setting(2.0, min=0.2, max=30.0)
     """How much microphone audio may wait for the pipeline before frames are dropped and counted."""
-    echo_canceller: Literal["webrtc", "speex", "none"] = "webrtc"
+    echo_canceller: Literal["speex", "webrtc", "none"] = "speex"
     """Remove the assistant's own voice from the microphone, with the reply as reference, so it never
-    wakes itself: webrtc (WebRTC AEC3), speex, or none (e.g. when PulseAudio's or PipeWire's
-    echo-cancel module already does it; see docs/echo.md)."""
+    wakes itself while a person talking over it is still heard: speex (measured best, docs/echo.md),
+    webrtc (WebRTC AEC3: for speaker and microphone clocks that drift apart), or none (when
+    PulseAudio's or PipeWire's echo-cancel module already cleans the microphone)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class WakeConfig:
     """Score above which a wake word counts as heard."""
     refractory_s: float = setting(2.0, min=0.0, max=60.0)
     """After a wake word, ignore further detections for this long."""
+    ignore_own_voice: bool = True
+    """Also listen for the wake word in what the speaker plays, and ignore the wake word when the
+    assistant said it itself: a backstop for the echo canceller while it adapts."""
 
 
 @dataclass(frozen=True)

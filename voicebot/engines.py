@@ -14,7 +14,7 @@ from voicebot.models import ModelPaths
 from voicebot.threads import PinnedWorker, resolve_cores
 from voicebot.tts import Synthesizer
 from voicebot.vad import Endpointer, SileroVad
-from voicebot.wake import WakeWordDetector
+from voicebot.wake import SelfWakeGuard, WakeWordDetector
 
 if TYPE_CHECKING:
     from voicebot.echo import EchoCanceller
@@ -37,6 +37,7 @@ class Engines:
     chat: ChatModel | None = None
     synthesizer: Synthesizer | None = None
     echo_canceller: EchoCanceller | None = None
+    self_wake_guard: SelfWakeGuard | None = None
     workers: list[PinnedWorker] = field(default_factory=list)
 
     @classmethod
@@ -62,6 +63,8 @@ class Engines:
                 engines.listen_worker = engines._worker("listen", resolve_cores(config.tts.cores, "tts"))
                 engines.wake = engines.listen_worker.call(WakeWordDetector, config.wake)
                 engines.endpointer = engines.listen_worker.call(lambda: Endpointer(config.vad, SileroVad()))
+                if config.wake.ignore_own_voice:
+                    engines.self_wake_guard = engines.listen_worker.call(SelfWakeGuard, config.wake)
                 if config.audio.echo_canceller != "none":
                     from voicebot.echo import make_echo_canceller
 

@@ -34,6 +34,10 @@ CANCEL_TIMEOUT_S = 3.0
 # After the follow-up earcon, its echo and the reply's room tail must not count as a new question.
 ECHO_TAIL_S = 0.15
 FRAMES_AHEAD = 4
+# The echo canceller's reference must run on without gaps or overlaps; the clock times frames are
+# stamped with jitter by milliseconds, so the reference follows its own sample count and only
+# jumps to the clock when they drift further apart than this (frames dropped, a stalled device).
+REFERENCE_RESYNC_S = 0.1
 STOP_COMMANDS = frozenset(
     {"stop", "stop it", "cancel", "cancel that", "never mind", "nevermind", "be quiet", "quiet", "shut up", "enough"}
     | {"停", "停止", "停下", "取消", "别说了", "算了", "安静"}
@@ -184,6 +188,7 @@ class Pipeline:
         self._turn_ids = itertools.count(1)
         self._follow_up = False
         self._input_ended = False
+        self._reference_end: float | None = None  # listen worker only
 
     # The supervisor.
 
@@ -251,7 +256,10 @@ class Pipeline:
     async def _hear(self, chunk: AudioChunk) -> None:
         worker = self.engines.listen_worker
         assert worker is not None
-        detection, endpoints = await worker.run(self._analyse, chunk, self.state is State.LISTENING)
+        detection, endpoints, own_voice = await worker.run(self._analyse, chunk, self.state is State.LISTENING)
+        if own_voice is not None:
+            log.info("ignored the wake word: the assistant said it itself (score %.2f)", own_voice.score)
+            self.tracer.emit("own_wake_word_ignored", t=own_voice.heard_at, score=round(own_voice.score, 3))
         if detection is not None:
             await self._on_wake(detection)
         for endpoint in endpoints:
@@ -259,18 +267,39 @@ class Pipeline:
                 break
             await self._on_endpoint(endpoint)
 
-    def _analyse(self, chunk: AudioChunk, listening: bool) -> tuple[WakeDetection | None, list[Endpoint]]:
-        """Runs on the listen worker: echo cancelled, then the wake word always, the VAD while a question is awaited."""
+    def _analyse(
+        self, chunk: AudioChunk, listening: bool
+    ) -> tuple[WakeDetection | None, list[Endpoint], WakeDetection | None]:
+        """On the listen worker: echo cancelled, then the wake word always, the VAD while a question is awaited.
+
+        Returns the detection, the endpoints, and a detection ignored because the assistant said the wake word.
+        """
         engines = self.engines
         assert engines.wake is not None and engines.endpointer is not None
-        if engines.echo_canceller is not None and self.timeline is not None:
-            reference = self.timeline.render(chunk.captured_at, len(chunk.samples))
-            chunk = AudioChunk(
-                engines.echo_canceller.process(chunk.samples, reference), chunk.rate_hz, chunk.captured_at
-            )
+        # The question is heard as the microphone has it: no reply plays while the assistant listens, and
+        # the canceller's suppressor, which lives in speex's denoiser, would only blur the words for ASR.
+        heard = chunk
+        if self.timeline is not None and (engines.echo_canceller is not None or engines.self_wake_guard is not None):
+            reference = self.timeline.render(self._reference_time(chunk), len(chunk.samples))
+            if engines.self_wake_guard is not None:
+                engines.self_wake_guard.hear_reply(AudioChunk(reference, chunk.rate_hz, chunk.captured_at))
+            if engines.echo_canceller is not None:
+                cleaned = engines.echo_canceller.process(chunk.samples, reference)
+                chunk = AudioChunk(cleaned, chunk.rate_hz, chunk.captured_at)
         detection = engines.wake.process(chunk)
-        endpoints = engines.endpointer.process(chunk) if listening else []
-        return detection, endpoints
+        own_voice = None
+        if detection is not None and engines.self_wake_guard is not None and engines.self_wake_guard.said_it(detection):
+            detection, own_voice = None, detection
+        endpoints = engines.endpointer.process(heard) if listening else []
+        return detection, endpoints, own_voice
+
+    def _reference_time(self, chunk: AudioChunk) -> float:
+        """The clock time the echo reference for `chunk` ends at: the last one's end plus this chunk's length."""
+        following = None if self._reference_end is None else self._reference_end + chunk.seconds
+        if following is None or abs(following - chunk.captured_at) > REFERENCE_RESYNC_S:
+            following = chunk.captured_at
+        self._reference_end = following
+        return following
 
     async def _on_wake(self, detection: WakeDetection) -> None:
         busy = self.state in (State.THINKING, State.SPEAKING)

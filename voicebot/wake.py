@@ -7,11 +7,16 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from voicebot.audio import FRAME_SAMPLES, AudioChunk
 from voicebot.config import WakeConfig
 from voicebot.errors import ConfigError, ModelLoadError, ModelNotFoundError
 
 log = logging.getLogger(__name__)
+
+SELF_WAKE_WINDOW_S = 1.0  # the echo's delay and the detectors' differing latency fit well inside this
+SILENCE_LEVEL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -77,13 +82,18 @@ class WakeWordDetector:
         self.model_names = list(self._model.models)
         self.reset()
 
-    def process(self, chunk: AudioChunk) -> WakeDetection | None:
-        """Score one 80 ms frame; return a detection if a wake word just ended."""
+    def score(self, chunk: AudioChunk) -> tuple[str, float]:
+        """The likeliest wake word in one 80 ms frame, and its score."""
         pcm = chunk.int16()
         if len(pcm) != FRAME_SAMPLES:
             raise ValueError(f"wake word frames must be {FRAME_SAMPLES} samples, got {len(pcm)}")
         scores = self._model.predict(pcm)
         name, score = max(scores.items(), key=lambda item: item[1])
+        return name, float(score)
+
+    def process(self, chunk: AudioChunk) -> WakeDetection | None:
+        """Score one 80 ms frame; return a detection if a wake word just ended."""
+        name, score = self.score(chunk)
         if score < self.threshold:
             self._armed = True
             return None
@@ -99,3 +109,37 @@ class WakeWordDetector:
         self._model.reset()
         self._armed = True
         self._quiet_until = float("-inf")
+
+
+class SelfWakeGuard:
+    """Recognises a wake word the assistant said itself, by listening to what its speaker played.
+
+    The echo canceller keeps the assistant's voice out of the microphone, but it needs a moment to
+    adapt, and a reply can say the wake word in its first second. So the same wake word model also
+    scores the reply audio (the canceller's reference); a detection in the microphone within
+    `window_s` of the reply saying the wake word is the assistant's own. It runs only while replies
+    play, and costs nothing in silence.
+    """
+
+    def __init__(self, config: WakeConfig, window_s: float = SELF_WAKE_WINDOW_S) -> None:
+        self.threshold = config.threshold
+        self.window_s = window_s
+        self._detector = WakeWordDetector(config)
+        self._said_at = float("-inf")
+        self._sounding_until = float("-inf")
+
+    def hear_reply(self, played: AudioChunk) -> None:
+        """Score the reply audio that reached the speaker during one frame (silence when nothing played)."""
+        if np.abs(played.samples).max(initial=0.0) > SILENCE_LEVEL:
+            if played.captured_at > self._sounding_until:
+                self._detector.reset()  # A new reply: no stale context from the last one.
+            self._sounding_until = played.captured_at + self.window_s
+        if played.captured_at > self._sounding_until:
+            return
+        _, score = self._detector.score(played)
+        if score >= self.threshold:
+            self._said_at = played.captured_at
+
+    def said_it(self, detection: WakeDetection) -> bool:
+        """Whether the reply itself said the wake word just before `detection`."""
+        return -FRAME_SAMPLES / 16000 <= detection.heard_at - self._said_at <= self.window_s
