@@ -11,7 +11,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from conftest import espeak
+from conftest import build_wav, espeak
 from test_conversation import barge_in_clip, events_named
 from test_e2e import first, run_assistant
 
@@ -138,3 +138,22 @@ def test_barge_in_works_with_the_echo_of_the_reply_in_the_microphone(tmp_path, s
     stop = first(events, "playback_stop")
     assert 0 <= stop["t"] - wakes[1]["t"] < 0.15, (stop, wakes[1])
     assert [e["reason"] for e in events_named(events, "turn_end")] == ["cancelled", "answered"]
+
+
+def test_the_echo_of_the_reply_and_the_earcon_does_not_open_a_follow_up(tmp_path, speech_dir):
+    wav = build_wav(
+        tmp_path / "alone.wav",
+        [1.0, espeak("hey jarvis", speech_dir), 0.3, espeak("What is the capital of France?", speech_dir), 12.0],
+    )
+
+    _, events = run_assistant(
+        tmp_path, wav, "--echo", "0.8,30", "--set", "conversation.follow_up_s=3", "--set", "llm.max_reply_tokens=60"
+    )
+
+    window = first(events, "follow_up_start")
+    # Nobody spoke after the answer: the window closes in silence, though the reply's tail and the
+    # follow-up earcon were in the microphone. (A window opened before the reply had played out hears
+    # the reply's echo as a question: with the sink's drain() not waiting, this fails with 5 speech starts.)
+    assert not [e for e in events if e["event"] == "speech_start" and e["t"] > window["t"]], events
+    assert first(events, "follow_up_end")["reason"] == "silence"
+    assert [e["reason"] for e in events_named(events, "turn_end")] == ["answered"]
