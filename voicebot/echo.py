@@ -31,7 +31,7 @@ DIRECT_TO_REVERB_DB = 10.0
 ECHO_CANCELLERS = ("webrtc", "speex", "none")
 SPEEX_FILTER_MS = 200.0  # The echo path it can model: the speaker's delay plus the room's tail.
 # Speex's own defaults (-40 dB, and -15 dB while the person talks) let the reply's own wake word through
-# once the speaker's clock drifts by 50 ppm or the delay shifts by a few ms; these do not (docs/echo.md).
+# in 4 of 32 runs with an exact reference; these let none through and hear the person as well (docs/echo.md).
 SPEEX_ECHO_SUPPRESS_DB = -80
 SPEEX_ECHO_SUPPRESS_ACTIVE_DB = -50
 
