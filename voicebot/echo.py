@@ -34,6 +34,10 @@ SPEEX_FILTER_MS = 200.0  # The echo path it can model: the speaker's delay plus 
 # in 4 of 32 runs with an exact reference; these let none through and hear the person as well (docs/echo.md).
 SPEEX_ECHO_SUPPRESS_DB = -80
 SPEEX_ECHO_SUPPRESS_ACTIVE_DB = -50
+# Speex cancels nothing of an echo that arrives less than a block (10 ms) after its reference, and a
+# reference rendered from estimated device latencies can be that close, or a little late. Holding the
+# microphone back this long keeps the echo behind the reference; it costs the wake word and the VAD as much.
+SPEEX_MIC_DELAY_MS = 20.0
 
 
 def parse_echo_option(text: str) -> tuple[float, float]:
@@ -194,6 +198,7 @@ class SpeexEchoCanceller(EchoCanceller):
         filter_ms: float = SPEEX_FILTER_MS,
         echo_suppress_db: int = SPEEX_ECHO_SUPPRESS_DB,
         echo_suppress_active_db: int = SPEEX_ECHO_SUPPRESS_ACTIVE_DB,
+        mic_delay_ms: float = SPEEX_MIC_DELAY_MS,
         library: str = "speexdsp",
     ) -> None:
         lib = load_speexdsp(library)
@@ -212,8 +217,12 @@ class SpeexEchoCanceller(EchoCanceller):
             lib.speex_preprocess_ctl(preprocess, request, ctypes.byref(ctypes.c_int(value)))
         lib.speex_preprocess_ctl(preprocess, _SPEEX_PREPROCESS_SET_ECHO_STATE, ctypes.c_void_p(echo))
         self._out = np.zeros(self.block_samples, np.int16)
+        self._held_mic = np.zeros(round(mic_delay_ms * INPUT_RATE_HZ / 1000), np.float32)
 
     def _cancel(self, mic: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        if len(self._held_mic):
+            mic = np.concatenate([self._held_mic, mic])
+            mic, self._held_mic = mic[: len(reference)], mic[len(reference) :]
         mic_pcm, reference_pcm = _pcm16(mic), _pcm16(reference)
         cleaned = np.empty_like(mic_pcm)
         out = self._out
