@@ -31,7 +31,7 @@ DIRECT_TO_REVERB_DB = 10.0
 ECHO_CANCELLERS = ("webrtc", "speex", "none")
 SPEEX_FILTER_MS = 200.0  # The echo path it can model: the speaker's delay plus the room's tail.
 # Speex's own defaults (-40 dB, and -15 dB while the person talks) let the reply's own wake word through
-# in 4 of 32 runs with an exact reference; these let none through and hear the person as well (docs/echo.md).
+# even with an exact reference (4 and 6 of 32 runs); these let none through, and hear the person as well.
 SPEEX_ECHO_SUPPRESS_DB = -80
 SPEEX_ECHO_SUPPRESS_ACTIVE_DB = -50
 # Speex cancels nothing of an echo that arrives less than a block (10 ms) after its reference, and a
