@@ -74,6 +74,7 @@ def frames_of(samples: np.ndarray) -> np.ndarray:
 
 
 def silence(seconds: float) -> np.ndarray:
+    """Zeros for that long at 16 kHz."""
     return np.zeros(round(seconds * INPUT_RATE_HZ), np.float32)
 
 
@@ -132,6 +133,7 @@ def hear(
 
 
 def synthesise(synthesizer: Synthesizer, text: str) -> np.ndarray:
+    """One rendition of `text` by the Piper voice, at 16 kHz."""
     return np.concatenate([chunk.resampled(INPUT_RATE_HZ).samples for chunk in synthesizer.synthesize(text)])
 
 
@@ -157,11 +159,13 @@ def load_speech(folder: Path, renditions: int = RENDITIONS) -> Speech:
 
 @pytest.fixture(scope="module")
 def speech(speech_dir) -> Speech:
+    """The speech every test hears, synthesised once per run."""
     return load_speech(speech_dir)
 
 
 @pytest.fixture(scope="module")
 def jarvis() -> WakeWordDetector:
+    """The default wake word detector, reset before each hearing."""
     return WakeWordDetector(WakeConfig())
 
 
@@ -426,10 +430,12 @@ class PeakScore:
         self.reset()
 
     def reset(self) -> None:
+        """Start a new stream."""
         self._model.reset()
         self.score = 0.0
 
     def add(self, chunk: AudioChunk) -> None:
+        """Score one 80 ms frame."""
         self.score = max(self.score, *self._model.predict(chunk.int16()).values())
 
 
@@ -569,6 +575,7 @@ def _level_db(speech: np.ndarray, echo: np.ndarray) -> float:
 
 
 def _pink_noise(rng: np.random.Generator, count: int) -> np.ndarray:
+    """Noise with equal energy per octave, like a fan or a distant street."""
     spectrum = np.fft.rfft(rng.standard_normal(count))
     spectrum[1:] /= np.sqrt(np.arange(1, len(spectrum)))
     return np.fft.irfft(spectrum, count).astype(np.float32)
