@@ -557,7 +557,9 @@ class SpeakerSink:
             self._queued_samples = 0
             self._on_first_sample = None
             sounding = time.monotonic() - self._last_sound_at < self._stream.latency + 0.1
-        if sounding:
+        # A stream that already failed has nothing left to drop, and starting it again can block for good (seen
+        # with PulseAudio killed mid-reply: Pa_StartStream never returned).
+        if sounding and self._error is None and self._stream.active:
             # Abort drops what the device has queued, which would otherwise play on for its latency.
             self._restarting = True
             try:
