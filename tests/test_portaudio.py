@@ -1,14 +1,16 @@
 """MicrophoneSource and SpeakerSink through real PortAudio streams, against a private PulseAudio null sink.
 
 The speaker plays into the null sink `vmic`; the microphone records its monitor, so what the speaker played comes
-back as what the microphone heard (tests/pulse.py starts that daemon). Skipped, with the reason, only where
-PulseAudio cannot start. Every await is bounded; the fault test that kills the daemon restarts it afterwards.
+back as what the microphone heard (tests/pulse.py starts that daemon). The barge-in tests time that recording by
+PortAudio's own capture times, to a few ms. Skipped, with the reason, only where PulseAudio cannot start. Every await
+is bounded; the fault test that kills the daemon restarts it afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -20,14 +22,18 @@ from voicebot.audio import (
     AudioChunk,
     Clock,
     MicrophoneSource,
+    PlaybackTimeline,
     SpeakerSink,
     list_devices,
+    read_wav,
 )
 from voicebot.errors import AudioDeviceError
 
 try:
+    from .conftest import data_clip
     from .pulse import PulseDaemon, PulseStartError, rescan_portaudio
 except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path.
+    from conftest import data_clip
     from pulse import PulseDaemon, PulseStartError, rescan_portaudio
 
 pytestmark = pytest.mark.timeout(60)
@@ -264,6 +270,305 @@ def test_stop_silences_the_reply_quickly(pulse):
     after = env[window_times > stopped_at + silenced_after + 0.05]
     assert len(after) and float(np.max(after)) < QUIET, float(np.max(after, initial=0))
     assert drained_in < 1.0
+
+
+class MonitorRecording:
+    """The null sink's monitor through a PortAudio input stream, each sample stamped with when it was captured.
+
+    MicrophoneSource stamps a chunk when its callback runs, which on this monitor comes tens of ms after the capture,
+    and its 80 ms chunks blur that further. To place an edge within a few ms, each 10 ms block here takes PortAudio's
+    own `inputBufferAdcTime` instead. That is on PortAudio's time base (the wall clock, under ALSA), so it is moved
+    onto the Clock by the smallest `clock.now() - currentTime` of any callback: a late callback only makes it larger.
+
+    Some blocks get a stamp tens of ms off (two of them, 43 ms early, right as stop() aborted the output), while the
+    samples around them run on without a break. So a sample's time is its place in the sample count, plus the
+    median over 110 ms of blocks of how far the stamps sit from that count.
+    """
+
+    BLOCK = 160  # 10 ms
+    MEDIAN_BLOCKS = 11
+    # That median wanders a few ms over seconds. It steps by 5 to 25 ms when stop() aborts the output: the null sink
+    # takes back what it had rendered ahead, and the monitor drops that from the recording too. The median keeps the
+    # step's edge. The 0.5 s of samples lost at start-up (see settle) move it far more.
+    STEADY = 0.05
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.overflows = 0
+        self._blocks: list[tuple[float, float, float, np.ndarray]] = []
+        self._stream: sd.InputStream | None = None
+
+    def __enter__(self) -> MonitorRecording:
+        # A longer buffer than the default 40 ms, so a busy machine delays blocks instead of losing them;
+        # the capture times do not depend on it.
+        self._stream = sd.InputStream(
+            samplerate=INPUT_RATE_HZ,
+            channels=1,
+            dtype="float32",
+            device=DEVICE,
+            blocksize=self.BLOCK,
+            latency=0.2,
+            callback=self._on_audio,
+        )
+        self._stream.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stream.stop()
+        self._stream.close()
+
+    def _on_audio(self, indata, frame_count, time_info, status) -> None:
+        if status.input_overflow:
+            self.overflows += 1
+        self._blocks.append(
+            (self.clock.now(), time_info.currentTime, time_info.inputBufferAdcTime, indata[:, 0].copy())
+        )
+
+    def loud(self) -> bool:
+        return bool(self._blocks) and rms(self._blocks[-1][3]) > LOUD
+
+    def behind_s(self) -> float:
+        """How long ago the latest block was captured."""
+        times, _ = self._block_times(list(self._blocks))
+        return self.clock.now() - times[-1] if len(times) else float("inf")
+
+    def steady_s(self) -> float:
+        """How long, up to now, the capture times have agreed with the sample count."""
+        times, offsets = self._block_times(list(self._blocks))
+        if len(times) < 2:
+            return 0.0
+        off = np.flatnonzero(np.abs(offsets - offsets[-1]) > self.STEADY)
+        return float(times[-1] - times[off[-1] + 1 if len(off) else 0])
+
+    def samples_and_times(self, since: float) -> tuple[np.ndarray, np.ndarray]:
+        """The samples captured from clock time `since` on, and when each was captured; checks none went missing."""
+        assert self.overflows == 0, f"the recording lost {self.overflows} blocks, so it cannot be timed"
+        blocks = list(self._blocks)
+        times, offsets = self._block_times(blocks)
+        kept = np.flatnonzero(times >= since)
+        assert np.ptp(offsets[kept]) < self.STEADY, (
+            f"the monitor's capture times moved {np.ptp(offsets[kept]) * 1000:.0f} ms against its sample count since "
+            f"{since:.2f} s: samples were lost, so the recording cannot be timed"
+        )
+        within = np.arange(self.BLOCK) / INPUT_RATE_HZ
+        samples = [blocks[i][3] for i in kept]
+        return np.concatenate(samples), np.concatenate(
+            [times[i] + within[: len(block)] for i, block in zip(kept, samples, strict=True)]
+        )
+
+    @classmethod
+    def _block_times(cls, blocks) -> tuple[np.ndarray, np.ndarray]:
+        """Each block's capture time on the Clock, and how far the stamps around it sit from the sample count."""
+        if not blocks:
+            return np.zeros(0), np.zeros(0)
+        to_clock = min(now - current for now, current, _, _ in blocks)
+        stamps = np.array([adc + to_clock for _, _, adc, _ in blocks])
+        counted = np.cumsum([0] + [len(samples) for *_, samples in blocks[:-1]]) / INPUT_RATE_HZ
+        half = cls.MEDIAN_BLOCKS // 2
+        padded = np.pad(stamps - counted, half, mode="edge")
+        offsets = np.median(np.lib.stride_tricks.sliding_window_view(padded, cls.MEDIAN_BLOCKS), axis=1)
+        return counted + offsets, offsets
+
+
+async def settle(sink: SpeakerSink, recording: MonitorRecording, timeout: float = 10) -> None:  # noqa: ASYNC109
+    """Play blips until the monitor hears one, and its capture is live and has been steady for 0.5 s.
+
+    Both streams then run as in an app that has been up for a while. On the idle null sink, a new output stream gets
+    no callbacks and a new input stream no audio for about 1.8 s (`pactl list sink-inputs` showed 1.2 s of sink
+    latency 0.5 s after opening). For the next 0.7 s the input delivers audio 0.5 s old, steadily; then PulseAudio
+    drops that backlog, 0.5 s of samples, and the capture runs about 20 to 40 ms behind from then on.
+    """
+    deadline = time.monotonic() + timeout
+    heard = False
+    while not heard or recording.behind_s() > 0.15 or recording.steady_s() < 0.5:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"within {timeout} s, the monitor {'heard' if heard else 'never heard'} the speaker; its capture "
+                f"runs {recording.behind_s():.2f} s behind and was steady for {recording.steady_s():.2f} s"
+            )
+        if not heard:
+            sink.start(lambda t: None)
+            await asyncio.wait_for(sink.play(AudioChunk(tone(0.1, VOICE_RATE_HZ), VOICE_RATE_HZ)), 1)
+            for _ in range(50):
+                heard = heard or recording.loud()
+                await asyncio.sleep(0.01)
+        else:
+            await asyncio.sleep(0.05)
+    await asyncio.wait_for(sink.drain(), 2)
+    await asyncio.sleep(0.3)
+
+
+SOUND = 0.05  # A sample of the 0.3 tone above this is the tone, not the silence or a resampler's ripple.
+
+
+@dataclass
+class ToneBargeIn:
+    """A 4 s tone cut by stop() 1.5 s in, then a 1 s second reply, as the monitor recorded them."""
+
+    samples: np.ndarray
+    times: np.ndarray
+    first_played_at: float
+    stop_called_at: float
+    stop_returned: float
+    heard_s: float
+    second_played_at: float
+    second_first_sample_calls: list[float]
+
+    def sounds(self, after: float, before: float) -> np.ndarray:
+        """Indexes of the samples louder than SOUND captured between these clock times."""
+        inside = (self.times >= after) & (self.times < before)
+        return np.flatnonzero(inside & (np.abs(self.samples) > SOUND))
+
+
+@pytest.fixture(scope="module")
+def tone_barge_in(pulse) -> ToneBargeIn:
+    """One run, measured by the two tests below."""
+    clock = Clock()
+
+    async def scenario():
+        with MonitorRecording(clock) as recording:
+            sink = SpeakerSink(DEVICE, clock)  # The device's default latency, as voicebot opens it.
+            try:
+                await settle(sink, recording)
+                sink.start(lambda t: None)
+                first_played_at = clock.now()
+                await asyncio.wait_for(sink.play(AudioChunk(tone(4.0, VOICE_RATE_HZ), VOICE_RATE_HZ)), 1)
+                await asyncio.sleep(1.5)
+                stop_called_at = clock.now()
+                stop_returned = sink.stop()
+                heard_s = sink.heard_s
+                await asyncio.sleep(0.3)
+                second_first_sample_calls: list[float] = []
+                sink.start(second_first_sample_calls.append)
+                second_played_at = clock.now()
+                await asyncio.wait_for(sink.play(AudioChunk(tone(1.0, VOICE_RATE_HZ), VOICE_RATE_HZ)), 1)
+                await asyncio.wait_for(sink.drain(), 5)
+                await asyncio.sleep(0.3)  # Let the capture catch up.
+                # Before close(), which makes the capture times jump as the sink reconfigures.
+                recorded = recording.samples_and_times(since=first_played_at - 0.2)
+            finally:
+                sink.close()
+        return ToneBargeIn(
+            *recorded,
+            first_played_at,
+            stop_called_at,
+            stop_returned,
+            heard_s,
+            second_played_at,
+            second_first_sample_calls,
+        )
+
+    return run(scenario(), timeout=30)
+
+
+def test_stop_silences_the_device_within_30_ms(tone_barge_in):
+    """Barge-in at the hardware edge: the last sample the null sink rendered, against the moment stop() was called.
+
+    Measured here (default latency: 35 ms output, 44.1 kHz stream, 2 shared cores), 16 runs: the tone ended 1.1 to
+    10.4 ms after stop() was called. A stop() that only cleared the Python buffer, without abort(), let what PortAudio
+    and PulseAudio had queued play on for 46 to 48 ms (4 runs), and failed here. 30 ms sits between the two, far
+    inside the 150 ms goal.
+    """
+    run_ = tone_barge_in
+    first = run_.sounds(run_.first_played_at, run_.second_played_at)
+    assert len(first), "the first reply was never heard"
+    onset_s = run_.times[first[0]] - run_.first_played_at
+    silent_after_s = run_.times[first[-1]] - run_.stop_called_at
+    print(
+        f"barge-in: silent {silent_after_s * 1000:.1f} ms after stop() was called; stop() took "
+        f"{(run_.stop_returned - run_.stop_called_at) * 1000:.1f} ms; the reply had started {onset_s * 1000:.0f} ms "
+        "after play()"
+    )
+    # The alignment itself: the reply is heard after play(), within the output latency and a little.
+    assert 0.0 <= onset_s < 0.15, f"the reply was heard {onset_s * 1000:.0f} ms after play(): the clocks disagree"
+    # Sound cannot stop before stop() is called; a few ms of slack for the capture times.
+    assert silent_after_s > -0.01, f"silent {-silent_after_s * 1000:.0f} ms before stop(): the clocks disagree"
+    assert silent_after_s < 0.030, f"the tone played on for {silent_after_s * 1000:.0f} ms after stop()"
+    # And then it stays silent until the next reply, not just quieter.
+    gap = (run_.times > run_.times[first[-1]]) & (run_.times < run_.second_played_at)
+    assert float(np.max(np.abs(run_.samples[gap]))) < QUIET
+
+
+def test_after_stop_the_next_reply_plays_and_heard_s_is_what_came_out(tone_barge_in):
+    run_ = tone_barge_in
+    first = run_.sounds(run_.first_played_at, run_.second_played_at)
+    came_out_s = run_.times[first[-1]] - run_.times[first[0]]
+    print(f"heard_s {run_.heard_s:.3f} s; {came_out_s:.3f} s came out before the stop")
+    assert abs(run_.heard_s - came_out_s) < 0.05
+
+    second = run_.sounds(run_.second_played_at, float("inf"))
+    assert len(second), "the reply after stop() was never heard: the stream did not restart"
+    onset_s = run_.times[second[0]] - run_.second_played_at
+    heard = run_.samples[second[0] : second[-1] + 1]
+    print(f"second reply: heard {onset_s * 1000:.0f} ms after play(), for {len(heard) / INPUT_RATE_HZ:.3f} s")
+    assert 0.0 <= onset_s < 0.15
+    assert abs(len(heard) / INPUT_RATE_HZ - 1.0) < 0.03, "the second reply was cut or stretched"
+    env = envelope(heard)
+    assert longest_run(env < QUIET) * WINDOW / INPUT_RATE_HZ <= 0.02, "a gap inside the second reply"
+    assert abs(peak_hz(heard, INPUT_RATE_HZ) - TONE_HZ) < 10
+    assert abs(float(np.max(np.abs(heard))) - AMPLITUDE) < 0.05
+    # The first-sample time the pipeline traces is honest after a restart too.
+    assert len(run_.second_first_sample_calls) == 1, run_.second_first_sample_calls
+    assert abs(run_.second_first_sample_calls[0] - run_.times[second[0]]) < 0.05
+
+
+def test_timeline_after_a_cut_is_silent_and_before_it_is_what_played(pulse):
+    """Real speech in two chunks, the second queued while the first plays, cut mid-word."""
+    clock = Clock()
+    timeline = PlaybackTimeline()
+    speech = read_wav(data_clip("jfk.flac")).resampled(VOICE_RATE_HZ).samples
+    split = int(2.2 * VOICE_RATE_HZ)  # In the pause after "And so my fellow Americans".
+    cut_s = 6.2  # Inside "ask not what your country can do for you".
+
+    async def scenario():
+        with MonitorRecording(clock) as recording:
+            sink = SpeakerSink(DEVICE, clock, timeline=timeline)
+            try:
+                await settle(sink, recording)
+                sink.start(lambda t: None)
+                played_at = clock.now()
+                await asyncio.wait_for(sink.play(AudioChunk(speech[:split], VOICE_RATE_HZ)), 1)
+                await asyncio.sleep(1.0)
+                await asyncio.wait_for(sink.play(AudioChunk(speech[split : 9 * VOICE_RATE_HZ], VOICE_RATE_HZ)), 1)
+                await asyncio.sleep(played_at + cut_s - clock.now())
+                stopped_at = sink.stop()
+                await asyncio.sleep(1.2)
+                recorded = recording.samples_and_times(since=played_at - 0.2)
+            finally:
+                sink.close()
+        return *recorded, played_at, stopped_at
+
+    samples, times, played_at, stopped_at = run(scenario(), timeout=30)
+
+    after = timeline.render(stopped_at + 1.0, INPUT_RATE_HZ - 32)
+    assert not np.any(after), "the timeline still plays after the cut"
+    recorded_after = samples[(times > stopped_at + 0.03) & (times < stopped_at + 1.0)]
+    assert rms(recorded_after) < 0.005, "the speaker still plays after the cut"
+
+    def match(start: float, end: float) -> tuple[float, float]:
+        """Best normalised correlation of the timeline with the recording over [start, end], and its lag in s."""
+        count = round((end - start) * INPUT_RATE_HZ)
+        reference = timeline.render(end, count).astype(np.float64)
+        first = int(np.searchsorted(times, start))
+        max_lag = 800  # 50 ms either way.
+        scores = []
+        for lag in range(-max_lag, max_lag + 1):
+            heard = samples[first + lag : first + lag + count].astype(np.float64)
+            scores.append(np.dot(reference, heard) / (np.linalg.norm(reference) * np.linalg.norm(heard)))
+        best = int(np.argmax(scores))
+        return float(scores[best]), (best - max_lag) / INPUT_RATE_HZ
+
+    # Each chunk, so the second one's place (behind what was still queued) is checked too.
+    for name, start, end in [
+        ("first chunk", played_at + 0.2, played_at + 2.0),
+        ("second chunk", played_at + 3.2, stopped_at - 0.05),
+    ]:
+        score, lag_s = match(start, end)
+        print(f"timeline, {name}: correlation {score:.3f} with the recording, heard {lag_s * 1000:+.1f} ms after it")
+        assert score > 0.7, f"{name}: the timeline is not what played (correlation {score:.2f})"
+        # Measured: heard 5 to 21 ms after the timeline's time (PortAudio's 35 ms latency leaves out part of
+        # PulseAudio's). An echo canceller copes with a reference a little early, not with one late.
+        assert -0.01 < lag_s < 0.04, f"{name}: what played was heard {lag_s * 1000:+.0f} ms after the timeline's time"
 
 
 def test_unknown_device_is_named_with_the_choices(pulse):
