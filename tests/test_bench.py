@@ -8,19 +8,35 @@ from conftest import run_voicebot
 
 TOP_LEVEL = [
     "first_audio_s",
+    "endpoint_delay_s",
+    "overhead_after_endpoint_s",
     "streaming_over_sequential",
+    "streaming_over_sequential_voicebot_cores",
     "overhead_vs_floor",
+    "barge_in_reaction_s",
     "idle_cpu_percent",
     "peak_rss_mb",
     "startup_s",
 ]
+DESIGNS = ("stages", "streaming_only_stages", "sequential_stages", "sequential_voicebot_cores_stages")
 
 
 def test_short_bench_reports_every_figure(tmp_path):
-    report, plot = tmp_path / "bench.json", tmp_path / "turn.png"
+    report, plot, page = tmp_path / "bench.json", tmp_path / "turn.png", tmp_path / "bench.md"
+    page.write_text("# Bench\n\n<!-- bench:start -->\n<!-- bench:end -->\n\nAfter.\n")
 
     result = run_voicebot(
-        "bench", "--set", "profile=bundled", "--short", "--json", str(report), "--plot", str(plot), timeout=600
+        "bench",
+        "--set",
+        "profile=bundled",
+        "--short",
+        "--json",
+        str(report),
+        "--plot",
+        str(plot),
+        "--markdown",
+        str(page),
+        timeout=600,
     )
 
     assert result.returncode == 0, result.stderr
@@ -28,14 +44,40 @@ def test_short_bench_reports_every_figure(tmp_path):
     for key in TOP_LEVEL:
         assert isinstance(results[key], (int, float)) and results[key] > 0, key
     assert results["turns"] == 1
-    for stages in ("stages", "sequential_stages"):
+    for stages in DESIGNS:
         assert set(results[stages]) >= {
             "wake_delay_s",
             "endpoint_delay_s",
             "asr_s",
             "llm_first_token_s",
+            "overhead_after_endpoint_s",
             "first_audio_s",
-        }
+        }, stages
     assert results["answers"][0].strip()
+
+    # In a checkout the first reference turn is a person saying "Alexa", then a question with a pause in it.
+    assert results["recordings"]
+    (turn,) = results["turn_details"]
+    assert turn["wake"] == "alexa_real.wav" and turn["pauses"] == 1
+    assert set(turn["first_audio_s"]) == set(DESIGNS)
+    assert {"early_starts", "dropped", "work_thrown_away_s", "overhead_after_endpoint_s"} <= set(
+        results["false_early_starts"]
+    )
+
+    barge_in = results["barge_in"]
+    assert barge_in["clips"] == 1 and barge_in["rows"][0]["wake"] == "alexa_real.wav"
+    assert {"median", "min", "max", "values"} <= set(barge_in["reaction_s"])
+
+    multi_turn = results["multi_turn"]
+    assert multi_turn["turns"] == 5 and list(multi_turn["at"]) == ["1", "5"]
+    for row in multi_turn["rows"]:
+        assert row["baseline_evaluated"] == row["prompt_tokens"] >= row["evaluated"] > 0, row
+        assert row["first_token_s"] > 0 and row["baseline_first_token_s"] > 0, row
+    assert multi_turn["recall"]["expected"] and isinstance(multi_turn["recall"]["answer"], str)
+
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     assert "streaming / sequential first audio" in result.stdout
+    filled = page.read_text()
+    assert filled.startswith("# Bench\n") and filled.endswith("After.\n")
+    for heading in ("#### Barge-in", "#### Each reference turn", "#### One conversation of 5 turns"):
+        assert heading in filled
