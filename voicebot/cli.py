@@ -119,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         parents=[common],
         help="measure where each turn's time goes",
-        description="Run reference turns (spoken by the configured Piper voice) through the real pipeline in "
-        "real time, against a sequential baseline and against the floor of each stage alone; report medians.",
+        description="Run reference turns (Piper's voice and real recordings, some with a pause mid-question) "
+        "through the real pipeline in real time, against a sequential baseline on every core; measure barge-in "
+        "reaction, a 20-turn conversation against a cache-less baseline, listening CPU and memory; report medians.",
     )
     bench.add_argument("--turns", type=int, default=5, help="reference turns to run (default 5)")
     bench.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -129,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--short",
         action="store_true",
-        help="one turn and 3 s of idle listening: a quick check that the benchmark works",
+        help="one turn, one barge-in clip, a 5-turn conversation and 3 s of idle listening: "
+        "a quick check that the benchmark works",
     )
 
     chat = commands.add_parser(
