@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,6 +19,7 @@ from voicebot.errors import VoicebotError
 from voicebot.llm import Conversation, PromptCost, Sampling, system_prompts
 from voicebot.threads import iterate_in_worker
 from voicebot.trace import HeldTracer, Tracer
+from voicebot.tts import HAN
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 # about 15 characters a second in English, 4.5 Chinese characters a second.
 LATIN_CHARS_PER_S = 15.0
 HAN_CHARS_PER_S = 4.5
-HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
 class LlmStalledError(VoicebotError):
