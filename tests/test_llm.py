@@ -9,7 +9,15 @@ import pytest
 
 from voicebot.config import ConversationConfig, LlmConfig, config_from_dict
 from voicebot.errors import RequestTooLargeError
-from voicebot.llm import ChatModel, Conversation, Sampling, prompt_budget
+from voicebot.llm import (
+    COMPRESS_ABOVE,
+    COMPRESS_REGARDLESS_ABOVE,
+    ChatModel,
+    Conversation,
+    Interrupted,
+    Sampling,
+    prompt_budget,
+)
 from voicebot.models import resolve_llm
 from voicebot.threads import PinnedWorker, available_cores
 
@@ -143,3 +151,91 @@ def test_a_long_question_pushes_out_old_turns_rather_than_failing(chat):
 
     assert len(tokens) <= prompt_budget(chat)
     assert len(conversation.exchanges) < 3
+
+
+def history_between(chat, low: float, high: float) -> Conversation:
+    """A conversation whose history fills between `low` and `high` of the prompt budget."""
+    conversation = Conversation(ConversationConfig(compress="summary"), PROMPTS)
+    budget = prompt_budget(chat)
+    number = 0
+    while len(chat.prompt_tokens(conversation.messages(), False)) <= low * budget:
+        conversation.add(f"My cat number {number} is called Tom{number}.", f"Tom{number} is a fine name.")
+        number += 1
+    assert len(chat.prompt_tokens(conversation.messages(), False)) <= high * budget
+    return conversation
+
+
+class StopAt:
+    """A stop check that turns true on its n-th call, so an interruption lands at a chosen point."""
+
+    def __init__(self, call: int) -> None:
+        self.call, self.calls = call, 0
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        return self.calls >= self.call
+
+
+@pytest.mark.parametrize("stop_at_call", [1, 2, 5, 12])
+def test_a_compression_interrupted_anywhere_leaves_the_history_and_the_kv_cache_as_they_were(
+    chat, worker, stop_at_call
+):
+    conversation = history_between(chat, COMPRESS_ABOVE, COMPRESS_REGARDLESS_ABOVE)
+    exchanges, summary = list(conversation.exchanges), conversation.summary
+    # As after a reply: the KV cache holds the whole history.
+    worker.call(chat.prefill, chat.prompt_tokens(conversation.messages(), False))
+    question = "What is my first cat called?"
+    next_prompt = worker.call(conversation.prompt, question, "en", chat)
+    uninterrupted_cost = worker.call(chat.prompt_cost, next_prompt)
+
+    stop = StopAt(stop_at_call)
+    with pytest.raises(Interrupted):
+        worker.call(conversation.compress, chat, Sampling(max_tokens=8, seed=1, temperature=0.0), stop)
+
+    assert stop.calls == stop_at_call  # it stopped at the first check that said so
+    assert conversation.exchanges == exchanges and conversation.summary == summary
+    # The question asked meanwhile finds its history in the cache, as if nothing had run.
+    assert worker.call(chat.prompt_cost, next_prompt) == uninterrupted_cost
+    assert uninterrupted_cost.evaluated < 0.1 * uninterrupted_cost.tokens
+
+
+def test_an_uninterrupted_compression_checks_often_and_leaves_its_prefix_in_the_cache(chat, worker):
+    conversation = history_between(chat, COMPRESS_ABOVE, COMPRESS_REGARDLESS_ABOVE)
+    stop = StopAt(10**6)
+
+    done = worker.call(conversation.compress, chat, Sampling(max_tokens=8, seed=1, temperature=0.0), stop)
+
+    assert done is not None and done.method == "summary"
+    # A check at least every prefill block and every generated token of the summary.
+    assert stop.calls >= done.tokens_evaluated // 64 + 2
+    next_prompt = worker.call(conversation.prompt, "What is my first cat called?", "en", chat)
+    cost = worker.call(chat.prompt_cost, next_prompt)
+    assert cost.cached == done.tokens_after
+
+
+def test_a_history_near_the_budget_is_compressed_even_when_a_question_waits(chat, worker):
+    conversation = history_between(chat, COMPRESS_REGARDLESS_ABOVE, 1.0)
+
+    done = worker.call(conversation.compress, chat, Sampling(max_tokens=8, seed=1), lambda: True)
+
+    assert done is not None and done.tokens_after < done.tokens_before
+
+
+def test_a_saved_kv_cache_comes_back_after_other_work(chat, worker):
+    conversation = Conversation(ConversationConfig(), PROMPTS)
+    conversation.add("Remember the word banana.", "OK, I will remember the word banana.")
+    history = chat.prompt_tokens(conversation.messages(), False)
+    worker.call(chat.prefill, history)
+    saved = worker.call(chat.save_state)
+
+    worker.call(chat.prefill, chat.prompt_tokens([{"role": "user", "content": "Something else entirely."}]))
+    assert worker.call(chat.prompt_cost, history).cached < len(history) // 4  # only the template's opening is shared
+    worker.call(chat.load_state, saved)
+
+    assert saved.tokens == tuple(history)
+    assert worker.call(chat.prompt_cost, history).cached == len(history) - 1  # the last one is re-evaluated
+    sampling = Sampling(max_tokens=6, seed=1, temperature=0.0)
+    restored = worker.call(chat.complete, history + [chat._llama.tokenize(b"\n", add_bos=False)[0]], sampling)
+    worker.call(chat.forget_cache)
+    fresh = worker.call(chat.complete, history + [chat._llama.tokenize(b"\n", add_bos=False)[0]], sampling)
+    assert restored == fresh

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -139,7 +140,7 @@ SECOND_QUESTION = "What is the capital of France?"
 SECOND_ANSWER_WORDS = frozenset({"capital", "france"})
 # Silence after the long question: the reply starts about 1 s after it, so the barge-in wake word,
 # which is heard as it ends, lands 2 to 3 s into the reply.
-BARGE_IN_GAP_S = 3.1
+BARGE_IN_GAP_S = 2.8
 
 CONVERSATION = (
     "Hi, I'm Sam, and my favourite fruit is the mango. What is a good breakfast for a busy morning?",
@@ -836,7 +837,7 @@ def _multi_turn(engines: Engines, turns: int) -> dict[str, Any]:
     """One conversation through the Responder, then the same prompts with the KV cache cleared before each."""
     questions = [*CONVERSATION[: max(turns - 1, 0)], RECALL_QUESTION][:turns]
     engines.warm_up_llm()
-    rows, compressions, answers = asyncio.run(_converse(engines, questions))
+    rows, compressions, answers, compressing = asyncio.run(_converse(engines, questions))
     cold = asyncio.run(_cold_first_tokens(engines, [row.pop("tokens") for row in rows]))
     engines.warm_up_llm()
     for row, (seconds, counted) in zip(rows, cold, strict=True):
@@ -862,6 +863,7 @@ def _multi_turn(engines: Engines, turns: int) -> dict[str, Any]:
         "first_token_ratio": _ratio(median("first_token_s"), median("baseline_first_token_s")),
         "evaluated_ratio": _ratio(median("evaluated"), median("baseline_evaluated")),
         "compressions": compressions,
+        "quick_follow_up": asyncio.run(_quick_follow_up(engines, *compressing)) if compressing else None,
         "recall": {
             "question": questions[-1],
             "expected": list(RECALL_WORDS),
@@ -873,20 +875,31 @@ def _multi_turn(engines: Engines, turns: int) -> dict[str, Any]:
     }
 
 
-async def _converse(engines: Engines, questions: list[str]) -> tuple[list[dict[str, Any]], list[dict], list[str]]:
+async def _converse(
+    engines: Engines, questions: list[str]
+) -> tuple[list[dict[str, Any]], list[dict], list[str], tuple[Conversation, str, str] | None]:
+    """The conversation's rows, compressions and answers; and the conversation as the first reply that set
+    off a compression left it, with the question that came next."""
     chat, llm_worker = engines.chat, engines.llm_worker
     assert chat is not None and llm_worker is not None
     tracer = Tracer(Clock(), keep=True)
     responder = Responder(engines, None, tracer)
     rows, answers = [], []
+    compressing = None
+    after_reply: Conversation | None = None
     try:
         for turn, question in enumerate(questions, start=1):
             # Compressing old turns runs while a person hears the answer; here, before the next question.
-            waited_s, _ = await _timed_async(responder.close())
+            compressed_before = len([e for e in tracer.events if e["event"] == "history_compressed"])
+            waited_s, _ = await _timed_async(responder.settled())
+            compressed = len([e for e in tracer.events if e["event"] == "history_compressed"]) > compressed_before
+            if compressed and compressing is None and after_reply is not None:
+                compressing = (after_reply, question)
             tokens = await llm_worker.run(responder.conversation.prompt, question, "en", chat)
             before = await llm_worker.run(_prompt_tokens_counted, chat)
             mark = len(tracer.events)
             answers.append(await responder.respond(question))
+            after_reply = copy.deepcopy(responder.conversation)  # before the compression it set off can start
             # Read before the compression the reply set off can reach the worker.
             counted = await llm_worker.run(_prompt_tokens_counted, chat) - before
             events = tracer.events[mark:]
@@ -907,11 +920,43 @@ async def _converse(engines: Engines, questions: list[str]) -> tuple[list[dict[s
                 }
             )
     finally:
-        await responder.close()
+        await responder.settled()
     compressions = [
         {k: v for k, v in e.items() if k != "event"} for e in tracer.events if e["event"] == "history_compressed"
     ]
-    return rows, compressions, answers
+    return rows, compressions, answers, compressing
+
+
+async def _quick_follow_up(engines: Engines, after_reply: Conversation, follow_up: str) -> dict[str, Any]:
+    """A follow-up asked the moment the reply that set off a compression ends: seconds from asking to
+    its first token when it interrupts the compression, and when it waits for it (as before)."""
+    chat, llm_worker = engines.chat, engines.llm_worker
+    assert chat is not None and llm_worker is not None
+    result: dict[str, Any] = {"follow_up": follow_up}
+    for design in ("interrupts", "waits"):
+        clock = Clock()
+        tracer = Tracer(clock, keep=True)
+        responder = Responder(engines, None, tracer)
+        responder.sampling = dataclasses.replace(responder.sampling, seed=1)
+        responder.conversation = copy.deepcopy(after_reply)
+        responder.conversation.last_activity = time.monotonic()
+        # As the reply left it: the history in the KV cache, and its compression starting.
+        await llm_worker.run(chat.forget_cache)
+        await llm_worker.run(chat.prefill, chat.prompt_tokens(after_reply.messages(), False))
+        responder.compress_in_background()
+        asked = clock.now()
+        if design == "waits":
+            await responder.settled()
+        await responder.respond(follow_up)
+        await responder.settled()
+        first_tokens = [e["t"] for e in tracer.events if e["event"] == "llm_first_token"]
+        result[design] = {
+            "first_token_s": round(first_tokens[-1] - asked, 4),
+            "interrupted": sum(e["event"] == "history_compression_interrupted" for e in tracer.events),
+            "compressed": sum(e["event"] == "history_compressed" for e in tracer.events),
+        }
+    result["ratio"] = _ratio(result["interrupts"]["first_token_s"], result["waits"]["first_token_s"])
+    return result
 
 
 async def _cold_first_tokens(engines: Engines, prompts: list[list[int]]) -> list[tuple[float, int]]:
@@ -921,7 +966,7 @@ async def _cold_first_tokens(engines: Engines, prompts: list[list[int]]) -> list
     sampling = Sampling.from_config(engines.config.llm)
     results = []
     for tokens in prompts:
-        await llm_worker.run(_forget_cache, chat)
+        await llm_worker.run(chat.forget_cache)
         before = await llm_worker.run(_prompt_tokens_counted, chat)
         started = time.perf_counter()
         stream = iterate_in_worker(llm_worker, lambda tokens=tokens: chat.stream(tokens, sampling))
@@ -938,12 +983,8 @@ async def _timed_async(work) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
-# ChatModel has no public way to clear its KV cache or to read llama.cpp's own counters; these two
-# reach into it, on the LLM worker, and only the benchmark uses them.
-
-
-def _forget_cache(chat: ChatModel) -> None:
-    chat._llama.reset()
+# ChatModel has no public way to read llama.cpp's own counters; this reaches into it, on the LLM
+# worker, and only the benchmark uses it.
 
 
 def _prompt_tokens_counted(chat: ChatModel) -> int:
@@ -1209,6 +1250,14 @@ def format_markdown(results: dict[str, Any], command: str) -> str:
         + (f" ({compressions})" if compressions else "")
         + f"; the longest wait for a compression before the next question was {longest_wait_s:.2f} s."
     ]
+    quick = multi.get("quick_follow_up")
+    if quick:
+        multi_notes.append(
+            f"A follow-up asked the moment the reply that set off a compression ended (“{quick['follow_up']}”): "
+            f"first token {quick['interrupts']['first_token_s']:.2f} s after asking, interrupting the compression "
+            f"(which then ran after its reply), against {quick['waits']['first_token_s']:.2f} s waiting for it; "
+            f"ratio {quick['ratio']:.2f}."
+        )
     if recall:
         multi_notes.append(
             f"Recall at turn {multi['turns']} (\u201c{recall['question']}\u201d, expecting "

@@ -16,10 +16,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from voicebot.config import ConversationConfig, LlmConfig
-from voicebot.errors import ModelLoadError, RequestTooLargeError
+from voicebot.errors import ModelLoadError, RequestTooLargeError, VoicebotError
 from voicebot.threads import PinnedWorker
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,33 @@ Message = dict[str, str]
 # so that several turns in a row then only append to a prompt the KV cache already holds.
 COMPRESS_ABOVE = 0.75
 COMPRESS_TO = 0.4
+# Above this share a compression no longer gives way to a question: the next prompt would soon have
+# to drop turns one at a time, and each drop makes llama.cpp evaluate the whole prompt again.
+COMPRESS_REGARDLESS_ABOVE = 0.9
 SUMMARY_MAX_TOKENS = 60
+# Prefill that may be interrupted is evaluated in blocks this long: small enough to stop within a
+# fraction of a second on a Pi, large enough to keep batched evaluation efficient.
+PREFILL_BLOCK_TOKENS = 64
+
+StopCheck = Callable[[], bool]
+
+
+def never() -> bool:
+    return False
+
+
+class Interrupted(VoicebotError):
+    """LLM work gave way to something more urgent; whatever it was changing is as it was before."""
+
+
+@dataclass(frozen=True)
+class KvState:
+    """A snapshot of the KV cache: the tokens it holds and llama.cpp's state for them."""
+
+    tokens: tuple[int, ...]
+    data: bytes
+
+
 SUMMARY_INSTRUCTIONS = (
     "Summarise this conversation between a person and a voice assistant in at most two short sentences. "
     "Keep names, numbers, places and preferences the person gave. Reply with the summary only."
@@ -135,19 +161,78 @@ class ChatModel:
     def prompt_cost(self, tokens: list[int]) -> PromptCost:
         """How much of `tokens` the KV cache holds now; call on the worker, right before generating."""
         held = self._llama._input_ids
-        common = 0
-        for held_token, wanted in zip(held, tokens, strict=False):
-            if held_token != wanted:
-                break
-            common += 1
+        common = self._held_prefix(tokens)
         # As Llama.generate decides: a prompt held whole is re-evaluated from its last token, unless
         # the live logits are still those of that very prompt.
         if common == len(tokens) == len(held) and not getattr(self._llama, "_requires_eval", True):
             return PromptCost(tokens=len(tokens), cached=len(tokens))
         return PromptCost(tokens=len(tokens), cached=common - 1 if common == len(tokens) else common)
 
-    def stream(self, tokens: list[int], sampling: Sampling) -> Iterator[str]:
-        """Yield reply text as it is generated; call on the worker thread and close it to stop early."""
+    def _held_prefix(self, tokens: list[int]) -> int:
+        held = self._llama._input_ids
+        common = 0
+        for held_token, wanted in zip(held, tokens, strict=False):
+            if held_token != wanted:
+                break
+            common += 1
+        return common
+
+    def prefill(self, tokens: list[int], should_stop: StopCheck = never) -> int:
+        """Evaluate `tokens` into the KV cache, in blocks, so that a later prompt starting with them
+        finds them there; returns how many were evaluated. On the worker.
+
+        Raises Interrupted between blocks once `should_stop()` is true; the cache then holds a valid
+        prefix of `tokens`.
+        """
+        llama = self._llama
+        start = self._held_prefix(tokens)
+        llama.n_tokens = start  # eval() drops whatever the cache holds past this point.
+        for begin in range(start, len(tokens), PREFILL_BLOCK_TOKENS):
+            if should_stop():
+                raise Interrupted(f"prefill stopped after {begin - start} of {len(tokens) - start} tokens")
+            llama.eval(tokens[begin : begin + PREFILL_BLOCK_TOKENS])
+        return len(tokens) - start
+
+    def save_state(self) -> KvState:
+        """Snapshot the KV cache; on the worker.
+
+        Llama.save_state() would also copy a row of logits per evaluated token (80 MB for 400 tokens
+        of a small model); llama.cpp's own state holds the cache and the last logits, a few MB.
+        """
+        import ctypes
+
+        import llama_cpp
+
+        context = self._llama._ctx.ctx
+        size = llama_cpp.llama_state_get_size(context)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_get_data(context, buffer, size)
+        return KvState(tuple(int(t) for t in self._llama._input_ids), ctypes.string_at(buffer, written))
+
+    def load_state(self, state: KvState) -> None:
+        """Put back a KV cache saved by save_state(); on the worker."""
+        import ctypes
+
+        import llama_cpp
+
+        llama = self._llama
+        buffer = (ctypes.c_uint8 * len(state.data)).from_buffer_copy(state.data)
+        if llama_cpp.llama_state_set_data(llama._ctx.ctx, buffer, len(state.data)) != len(state.data):
+            llama.reset()
+            raise VoicebotError("llama.cpp could not restore a saved KV cache; it was cleared instead")
+        llama.input_ids[: len(state.tokens)] = state.tokens
+        llama.n_tokens = len(state.tokens)
+        llama._requires_eval = True  # As Llama.load_state: resample from a re-evaluated last token.
+
+    def forget_cache(self) -> None:
+        """Empty the KV cache, so the next prompt is evaluated whole; on the worker."""
+        self._llama.reset()
+
+    def stream(self, tokens: list[int], sampling: Sampling, should_stop: StopCheck = never) -> Iterator[str]:
+        """Yield reply text as it is generated; call on the worker thread and close it to stop early.
+
+        Raises Interrupted at the next token once `should_stop()` is true.
+        """
         if len(tokens) >= self.context_tokens:
             raise RequestTooLargeError(
                 f"the prompt is {len(tokens)} tokens, more than the LLM's context of {self.context_tokens}; "
@@ -165,15 +250,17 @@ class ChatModel:
         )
         try:
             for chunk in completion:
+                if should_stop():
+                    raise Interrupted("generation stopped")
                 text = chunk["choices"][0]["text"]
                 if text:
                     yield text
         finally:
             completion.close()
 
-    def complete(self, tokens: list[int], sampling: Sampling) -> str:
+    def complete(self, tokens: list[int], sampling: Sampling, should_stop: StopCheck = never) -> str:
         """The whole reply at once; on the worker thread."""
-        return "".join(self.stream(tokens, sampling))
+        return "".join(self.stream(tokens, sampling, should_stop))
 
     def warm_up(self, system_prompt: str) -> None:
         """Evaluate the system prompt once, so the first question reuses it from the KV cache."""
@@ -225,17 +312,23 @@ class Conversation:
             self.exchanges.clear()
             self.summary = ""
 
-    def system_message(self) -> Message:
+    def system_message(self, summary: str | None = None) -> Message:
         """The system prompt for the conversation's language, with the summary of older turns."""
+        summary = self.summary if summary is None else summary
         prompt = self.system_prompts.get(self.language) or self.system_prompts["en"]
-        if self.summary:
-            prompt = f"{prompt}\n\nEarlier in this conversation: {self.summary}"
+        if summary:
+            prompt = f"{prompt}\n\nEarlier in this conversation: {summary}"
         return {"role": "system", "content": prompt}
 
-    def messages(self, question: str | None = None) -> list[Message]:
-        """The chat messages: system, history, and the new question if any."""
-        messages = [self.system_message()]
-        for exchange in self.exchanges:
+    def messages(
+        self, question: str | None = None, exchanges: list[Exchange] | None = None, summary: str | None = None
+    ) -> list[Message]:
+        """The chat messages: system, history, and the new question if any.
+
+        `exchanges` and `summary` stand in for the conversation's own, to render a history it may adopt.
+        """
+        messages = [self.system_message(summary)]
+        for exchange in self.exchanges if exchanges is None else exchanges:
             messages += [
                 {"role": "user", "content": exchange.question},
                 {"role": "assistant", "content": exchange.answer},
@@ -266,35 +359,52 @@ class Conversation:
             )
         return tokens
 
-    def compress(self, chat: ChatModel, sampling: Sampling) -> Compression | None:
+    def compress(self, chat: ChatModel, sampling: Sampling, should_stop: StopCheck = never) -> Compression | None:
         """If the history has grown past its share of the budget, compress its oldest turns in one block.
 
         Then evaluate the new prefix, so the next question finds it in the KV cache. On the LLM worker.
+        Once `should_stop()` is true it gives way (Interrupted) and leaves the conversation and the KV
+        cache as they were, so a question asked meanwhile costs no more than without it; unless the
+        history is so near the budget that it must be compressed now.
         """
         budget = prompt_budget(chat)
         before = len(chat.prompt_tokens(self.messages(), add_generation_prompt=False))
         if before <= COMPRESS_ABOVE * budget or not self.exchanges:
             return None
-        old: list[Exchange] = []
-        while self.exchanges and (
-            len(old) == 0 or len(chat.prompt_tokens(self.messages(), False)) > COMPRESS_TO * budget
+        if before > COMPRESS_REGARDLESS_ABOVE * budget:
+            should_stop = never
+        cut = 1
+        while cut < len(self.exchanges) and (
+            len(chat.prompt_tokens(self.messages(exchanges=self.exchanges[cut:]), False)) > COMPRESS_TO * budget
         ):
-            old.append(self.exchanges.pop(0))
-        evaluated = 0
-        if self.config.compress == "summary":
-            summary_prompt = chat.prompt_tokens(self._summary_request(old))
-            if len(summary_prompt) + SUMMARY_MAX_TOKENS < chat.context_tokens:
-                evaluated += chat.prompt_cost(summary_prompt).evaluated
-                self.summary = " ".join(chat.complete(summary_prompt, _summary_sampling(sampling)).split())
-            else:
-                log.warning("the turns to summarise are too long for the context; dropping them instead")
-                self.summary = ""
-        prefix = chat.prompt_tokens(self.messages(), add_generation_prompt=False)
-        evaluated += chat.prompt_cost(prefix).evaluated
-        chat.complete(prefix, Sampling(max_tokens=1, seed=0))
-        method = "summary" if self.summary else "drop"
+            cut += 1
+        old, kept = self.exchanges[:cut], self.exchanges[cut:]
+        saved = chat.save_state()
+        try:
+            summary, evaluated = self._summarise(old, chat, sampling, should_stop)
+            prefix = chat.prompt_tokens(self.messages(exchanges=kept, summary=summary), add_generation_prompt=False)
+            evaluated += chat.prefill(prefix, should_stop)
+        except Interrupted:
+            chat.load_state(saved)
+            raise
+        self.exchanges, self.summary = kept, summary
+        method = "summary" if summary else "drop"
         log.info("compressed %d old turns (%s): %d -> %d prompt tokens", len(old), method, before, len(prefix))
         return Compression(method, len(old), before, len(prefix), evaluated)
+
+    def _summarise(
+        self, old: list[Exchange], chat: ChatModel, sampling: Sampling, should_stop: StopCheck
+    ) -> tuple[str, int]:
+        """The new summary of `old` and what came before it ("" to drop them), and the tokens evaluated."""
+        if self.config.compress != "summary":
+            return "", 0
+        request = chat.prompt_tokens(self._summary_request(old))
+        if len(request) + SUMMARY_MAX_TOKENS >= chat.context_tokens:
+            log.warning("the turns to summarise are too long for the context; dropping them instead")
+            return "", 0
+        evaluated = chat.prefill(request[:-1], should_stop)
+        summary = chat.complete(request, _summary_sampling(sampling), should_stop)
+        return " ".join(summary.split()), evaluated + 1
 
     def _summary_request(self, old: list[Exchange]) -> list[Message]:
         lines = [f"Earlier: {self.summary}"] if self.summary else []

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -16,7 +18,7 @@ from voicebot.audio import AudioChunk, AudioSink
 from voicebot.chunker import SentenceChunker
 from voicebot.engines import Engines
 from voicebot.errors import VoicebotError
-from voicebot.llm import Conversation, PromptCost, Sampling, system_prompts
+from voicebot.llm import Conversation, Interrupted, PromptCost, Sampling, system_prompts
 from voicebot.threads import iterate_in_worker
 from voicebot.trace import HeldTracer, Tracer
 from voicebot.tts import HAN
@@ -91,6 +93,8 @@ class Responder:
         self.sampling = Sampling.from_config(config.llm)
         self.conversation = Conversation(config.conversation, system_prompts(config.llm))
         self._background: set[asyncio.Task[None]] = set()
+        # Set while a question waits for the LLM: background work on the conversation gives way to it.
+        self._question_waiting = threading.Event()
 
     def _new_chunker(self, language: str) -> SentenceChunker:
         return SentenceChunker(self.config.tts.first_piece_chars, self.config.tts.max_piece_chars, language=language)
@@ -110,7 +114,11 @@ class Responder:
         tracer = tracer or self.tracer
         llm_worker = self.engines.llm_worker
         assert llm_worker is not None
-        await self._compressed()
+        self._question_waiting.set()
+        try:
+            await self.settled()
+        finally:
+            self._question_waiting.clear()
         tokens, cost = await llm_worker.run(self._prepare, question, language)
         tracer.emit(
             "llm_prompt",
@@ -146,7 +154,7 @@ class Responder:
         # The whole reply as written keeps llama.cpp's KV cache valid; a capped one is what was said.
         said = " ".join(spoken.texts) if capped else reply
         self.conversation.add(question, said)
-        self._start_compression(tracer)
+        self.compress_in_background(tracer)
         return said
 
     def _prepare(self, question: str, language: str) -> tuple[list[int], PromptCost]:
@@ -155,15 +163,29 @@ class Responder:
         tokens = self.conversation.prompt(question, language, self.engines.chat)
         return tokens, self.engines.chat.prompt_cost(tokens)
 
-    def _start_compression(self, tracer: Tracer | HeldTracer) -> None:
-        """Compress old turns on the LLM worker now, while the person listens, not when they next ask."""
-        task = asyncio.create_task(self._compress(tracer), name="compress")
+    def compress_in_background(self, tracer: Tracer | HeldTracer | None = None) -> None:
+        """Compress old turns, if due, on the LLM worker now, while the person listens, not when they next ask.
+
+        A question asked meanwhile interrupts it; it runs again after that reply.
+        """
+        task = asyncio.create_task(self._compress(tracer or self.tracer), name="compress")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def _compress(self, tracer: Tracer | HeldTracer) -> None:
         assert self.engines.llm_worker is not None and self.engines.chat is not None
-        done = await self.engines.llm_worker.run(self.conversation.compress, self.engines.chat, self.sampling)
+        started = time.monotonic()
+        try:
+            done = await self.engines.llm_worker.run(
+                self.conversation.compress, self.engines.chat, self.sampling, self._question_waiting.is_set
+            )
+        except Interrupted as interruption:
+            tracer.emit("history_compression_interrupted", after_s=round(time.monotonic() - started, 3))
+            log.info("history compression gave way to a question: %s", interruption)
+            return
+        except VoicebotError as error:
+            log.warning("history compression failed, the history stays as it was: %s", error)
+            return
         if done is not None:
             tracer.emit(
                 "history_compressed",
@@ -174,14 +196,15 @@ class Responder:
                 tokens_evaluated=done.tokens_evaluated,
             )
 
-    async def _compressed(self) -> None:
-        """Wait for a compression still running, so the next prompt sees its result."""
+    async def settled(self) -> None:
+        """Wait for background work on the conversation (compression) to end."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
     async def close(self) -> None:
-        """Wait for background work on the conversation to end."""
-        await self._compressed()
+        """Stop background work on the conversation and wait for it."""
+        self._question_waiting.set()
+        await self.settled()
 
     async def say(self, text: str, language: str = "en") -> None:
         """Speak `text` as it is, piece by piece, within the same length cap as answers."""
