@@ -192,3 +192,79 @@ def test_live_microphone_and_speaker_answer_a_spoken_question(tmp_path, speech_d
     assert turn_end["reason"] == "answered", (turn_end, stderr)
     print(f"live: heard {transcripts[0]!r}; said {' '.join(sentences)!r}")
     print(f"live: trace {[(e['t'], e['event']) for e in events]}\nlive: stderr\n{stderr}")
+
+
+def null_sink_module(pulse: PulseDaemon) -> str:
+    modules = pulse.pactl("list", "short", "modules").stdout.splitlines()
+    return next(line.split()[0] for line in modules if "module-null-sink" in line and f"sink_name={SINK}" in line)
+
+
+def wait_for_event(trace_path: Path, bot: Voicebot, name: str, timeout: float, after: int = 0) -> int:
+    """Wait for a `name` event past the first `after` events; returns the index of the first one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = read_trace(trace_path)
+        for index, event in enumerate(events[after:], start=after):
+            if event["event"] == name:
+                return index
+        assert bot.process.poll() is None, (
+            f"voicebot exited with {bot.process.returncode}; {names(events)}\n{bot.stderr}"
+        )
+        assert time.monotonic() < deadline, f"no {name} within {timeout:.0f} s; trace {names(events)}\n{bot.stderr}"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("fault", ["unloaded", "suspended"])
+def test_the_assistant_recovers_when_its_devices_vanish_or_stall_and_come_back(tmp_path, speech_dir, pulse, fault):
+    """`unloaded`: the null sink and its monitor vanish under both streams, which fail; `suspended`: the sink is
+    suspended, so both streams stall without any error. Then the devices come back."""
+    wav = build_wav(
+        tmp_path / "room.wav",
+        [0.5, data_clip("alexa_real.wav"), 0.3, espeak("What is the capital of France?", speech_dir), 2.0],
+    )
+    trace_path = tmp_path / "trace.jsonl"
+    env = {**os.environ, **pulse.client_env}
+    env.pop("PULSE_SERVER", None)
+    # The null sink's silence is exact zeros, which a real microphone never gives: that check stays off here.
+    args = [*ARGS, "--set", "audio.on_device_loss=retry", "--set", "audio.zero_input_stall_s=0"]
+    bot = Voicebot([*args, "--trace", str(trace_path)], env, tmp_path / "stdout.txt")
+    try:
+        bot.wait_for_line("ready in", READY_TIMEOUT_S)
+        wait_for_event(trace_path, bot, "listening", timeout=10)  # its microphone has begun to deliver audio
+        if fault == "unloaded":
+            pulse.pactl("unload-module", null_sink_module(pulse))
+        else:
+            pulse.pactl("suspend-sink", SINK, "1")
+        broke_at = time.monotonic()
+        lost = wait_for_event(trace_path, bot, "device_lost", timeout=10)
+        detected_s = time.monotonic() - broke_at
+        time.sleep(3.0)  # Gone for a while: retries fail, and are spaced out.
+        if fault == "unloaded":
+            pulse.pactl("load-module", "module-null-sink", f"sink_name={SINK}", "rate=16000", "channels=1")
+        else:
+            pulse.pactl("suspend-sink", SINK, "0")
+        back = wait_for_event(trace_path, bot, "device_back", timeout=30, after=lost)
+        time.sleep(SETTLE_S)
+        subprocess.run(["paplay", f"--device={SINK}", str(wav)], env=env, check=True, timeout=30, capture_output=True)
+        answered = wait_for_event(trace_path, bot, "turn_end", timeout=TURN_TIMEOUT_S, after=back)
+        bot.process.send_signal(signal.SIGTERM)
+        code = bot.process.wait(timeout=EXIT_TIMEOUT_S)
+    finally:
+        bot.close()
+
+    events = read_trace(trace_path)
+    print(f"{fault}: lost after {detected_s:.1f} s: {events[lost]}; then {names(events[lost:])}")
+    assert code == 0, bot.stderr
+    assert "Traceback" not in bot.stderr
+    # The loss was logged once, however many times it was retried meanwhile.
+    assert names(events).count("device_lost") == 1, names(events)
+    assert bot.stderr.count("listening again once it is back") == 1, bot.stderr
+    if fault == "suspended":
+        assert "stalled" in events[lost]["error"], events[lost]
+    # Back to waiting for the wake word, then a whole turn, spoken through the speaker that had also gone.
+    assert [e["state"] for e in events[lost:back] if e["event"] == "state"][-1:] in ([], ["idle"])
+    turn = events[back : answered + 1]
+    assert {"wake", "transcript", "playback_start", "playback_end"} <= set(names(turn)), names(turn)
+    assert events[answered]["reason"] == "answered", (events[answered], bot.stderr)
+    transcript = next(e["text"] for e in turn if e["event"] == "transcript").lower()
+    assert "capital" in transcript and "france" in transcript, transcript

@@ -30,10 +30,10 @@ from voicebot.audio import (
 from voicebot.errors import AudioDeviceError
 
 try:
-    from .conftest import data_clip
+    from .conftest import data_clip, run_voicebot
     from .pulse import PulseDaemon, PulseStartError, rescan_portaudio
 except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path.
-    from conftest import data_clip
+    from conftest import data_clip, run_voicebot
     from pulse import PulseDaemon, PulseStartError, rescan_portaudio
 
 pytestmark = pytest.mark.timeout(60)
@@ -649,3 +649,19 @@ def test_killing_pulseaudio_ends_the_microphone_and_speaker_with_an_error(pulse)
     assert frames_after <= 2  # A frame already in flight, at most.
     assert isinstance(speaker_error, AudioDeviceError), "drain() returned normally after the daemon died"
     assert "\n" not in str(speaker_error)
+
+
+def test_voicebot_check_finds_the_sound_server_and_opens_its_devices(pulse):
+    env = {name: value for name, value in pulse.client_env.items()}
+    result = run_voicebot(
+        "check", "--set", "profile=bundled", "--set", "audio.input_device=pulse", "--set", "audio.output_device=pulse",
+        env=env,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = {
+        line.split("]")[1].split(":")[0].strip(): line for line in result.stdout.splitlines() if line.startswith("[")
+    }
+    assert "PulseAudio" in lines["sound server"] and str(pulse.dir) in lines["sound server"], lines["sound server"]
+    assert lines["microphone"].startswith("[ok") and "'pulse' opened" in lines["microphone"]
+    assert lines["speaker"].startswith("[ok") and "'pulse' opened" in lines["speaker"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 INPUT_RATE_HZ = 16000
 FRAME_SAMPLES = 1280  # 80 ms at 16 kHz: one openWakeWord step.
-STALL_WARNING_S = 2.0
 
 
 class Clock:
@@ -126,6 +126,7 @@ class WavSource:
         self.clock = clock
         self.realtime = realtime
         self.echo = echo
+        self._next_sample = 0
 
     @classmethod
     def from_file(
@@ -139,10 +140,15 @@ class WavSource:
         return cls(read_wav(path), clock, realtime, echo)
 
     async def frames(self) -> AsyncIterator[AudioChunk]:
-        """Yield the file in 80 ms chunks; the clock starts with the first one."""
+        """Yield the file in 80 ms chunks; the clock starts with the first one.
+
+        Taken again (after a config reload), it carries on where it stopped, as a microphone would.
+        """
         samples = self.audio.samples
-        self.clock.restart()
-        for start in range(0, len(samples), FRAME_SAMPLES):
+        if self._next_sample == 0:
+            self.clock.restart()
+        for start in range(self._next_sample, len(samples), FRAME_SAMPLES):
+            self._next_sample = start + FRAME_SAMPLES
             frame = samples[start : start + FRAME_SAMPLES]
             if len(frame) < FRAME_SAMPLES:
                 frame = np.pad(frame, (0, FRAME_SAMPLES - len(frame)))
@@ -154,6 +160,31 @@ class WavSource:
             if self.echo is not None:
                 frame = np.clip(frame + self.echo(heard_at, FRAME_SAMPLES), -1.0, 1.0).astype(np.float32)
             yield AudioChunk(frame, INPUT_RATE_HZ, self.clock.now())
+
+
+CLOSE_TIMEOUT_S = 1.0
+
+
+def _close_stream(stream, what: str) -> threading.Thread:
+    """Abort and close a PortAudio stream on a thread of its own: on a stalled device (a suspended sound
+    server, an unplugged USB device) that can block for good, and it must never block the event loop."""
+
+    def close() -> None:
+        with contextlib.suppress(Exception):  # PortAudio raises its own error types for a dead stream.
+            stream.abort()
+        with contextlib.suppress(Exception):
+            stream.close()
+
+    closer = threading.Thread(target=close, name=f"close-{what}", daemon=True)
+    closer.start()
+    return closer
+
+
+async def _close_stream_async(stream, what: str) -> None:
+    closer = _close_stream(stream, what)
+    await asyncio.to_thread(closer.join, CLOSE_TIMEOUT_S)
+    if closer.is_alive():
+        log.warning("PortAudio did not close the %s stream within %.0f s; leaving it behind", what, CLOSE_TIMEOUT_S)
 
 
 def _find_device(sd, device: int | str | None, kind: str) -> int | str | None:
@@ -178,70 +209,163 @@ def _find_device(sd, device: int | str | None, kind: str) -> int | str | None:
     )
 
 
-class MicrophoneSource:
-    """The microphone through PortAudio, at 16 kHz mono.
+class InputLiveness:
+    """Tells a stalled microphone from a quiet one, by what arrives rather than by errors.
 
-    The PortAudio callback only copies frames into a bounded queue; a full queue drops the
-    oldest frame and counts it, so a slow pipeline never blocks the audio thread.
+    ALSA often reports nothing when a USB microphone is unplugged, and PulseAudio silently moves a
+    stream whose source vanished to another one, which hears only exact zeros.
     """
 
-    def __init__(self, device: int | str | None, clock: Clock, queue_s: float = 2.0) -> None:
+    def __init__(self, stall_s: float, zero_stall_s: float) -> None:
+        self.stall_s = stall_s
+        self.zero_stall_s = zero_stall_s
+        self._last_nonzero_at = time.monotonic()
+
+    def problem(self, samples: np.ndarray) -> str | None:
+        """Why the device counts as stalled after these samples, or None."""
+        now = time.monotonic()
+        if np.any(samples):
+            self._last_nonzero_at = now
+        elif self.zero_stall_s and now - self._last_nonzero_at > self.zero_stall_s:
+            return f"it gave only exact zeros for {self.zero_stall_s:g} s"
+        return None
+
+
+class MicrophoneSource:
+    """The microphone through PortAudio, as 16 kHz mono frames.
+
+    It is opened at 16 kHz, or at the device's own rate and resampled when it refuses 16 kHz. The
+    PortAudio callback only copies frames into a bounded queue; a full queue drops the oldest frame
+    and counts it, so a slow pipeline never blocks the audio thread.
+    """
+
+    def __init__(
+        self,
+        device: int | str | None,
+        clock: Clock,
+        queue_s: float = 2.0,
+        rate_hz: int | None = None,
+        stall_s: float = 2.0,
+        zero_stall_s: float = 30.0,
+    ) -> None:
         self.device = device
         self.clock = clock
+        self.rate_hz = rate_hz
+        self.stall_s = stall_s
+        self.zero_stall_s = zero_stall_s
         self.dropped_frames = 0
-        self._queue: asyncio.Queue[AudioChunk | BaseException] = asyncio.Queue(
+        self.opened_rate_hz: int | None = None
+        self._opened = 0  # streams opened so far: a closed stream's late callbacks are told apart by it
+        self._queue: asyncio.Queue[tuple[np.ndarray, float] | BaseException] = asyncio.Queue(
             maxsize=max(1, int(queue_s * INPUT_RATE_HZ / FRAME_SAMPLES))
         )
 
+    @classmethod
+    def from_config(cls, config, clock: Clock) -> MicrophoneSource:
+        """As the `audio` section says."""
+        return cls(
+            config.input_device,
+            clock,
+            config.input_queue_s,
+            config.input_sample_rate_hz,
+            config.stall_s,
+            config.zero_input_stall_s,
+        )
+
     async def frames(self) -> AsyncIterator[AudioChunk]:
-        """Yield 80 ms chunks from the microphone until the device fails."""
+        """Yield 80 ms chunks from the microphone until the device fails or stalls."""
         import sounddevice as sd
 
         loop = asyncio.get_running_loop()
         device = _find_device(sd, self.device, "input")
+        name = device if device is not None else "default"
+        first_open = self._opened == 0
+        self._opened += 1
+        opened = self._opened
+        while not self._queue.empty():
+            self._queue.get_nowait()
 
         def on_audio(indata, frame_count, time_info, status) -> None:
-            samples = np.frombuffer(bytes(indata), np.int16).astype(np.float32) / 32768.0
-            loop.call_soon_threadsafe(self._put, AudioChunk(samples, INPUT_RATE_HZ, self.clock.now()))
+            heard = (np.frombuffer(bytes(indata), np.int16), self.clock.now())
+            loop.call_soon_threadsafe(self._put, opened, heard)
 
         def on_finished() -> None:
-            loop.call_soon_threadsafe(self._put, AudioDeviceError(f"microphone {device or 'default'} stopped"))
+            loop.call_soon_threadsafe(self._put, opened, AudioDeviceError(f"microphone {name} stopped"))
 
+        stream = self._open(sd, device, name, on_audio, on_finished)
+        rate_hz = self.opened_rate_hz
+        resampler = None if rate_hz == INPUT_RATE_HZ else soxr.ResampleStream(rate_hz, INPUT_RATE_HZ, 1, "float32")
+        liveness = InputLiveness(self.stall_s, self.zero_stall_s)
+        pending = np.zeros(0, np.float32)
+        if first_open:
+            self.clock.restart()  # Reopened after a loss, it keeps the clock the trace and the timeline use.
         try:
-            stream = sd.RawInputStream(
-                samplerate=INPUT_RATE_HZ,
-                blocksize=FRAME_SAMPLES,
-                channels=1,
-                dtype="int16",
-                device=device,
-                callback=on_audio,
-                finished_callback=on_finished,
-            )
+            stream.start()
         except Exception as error:
-            raise AudioDeviceError(
-                f"cannot open microphone {device or 'default'}: {error}; check audio.input_device (voicebot devices)"
-            ) from None
-        self.clock.restart()
-        with stream:
-            stalled = False
+            _close_stream(stream, f"microphone {name}")
+            raise AudioDeviceError(f"cannot start microphone {name}: {error}") from None
+        try:
             while True:
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), STALL_WARNING_S)
+                    item = await asyncio.wait_for(self._queue.get(), self.stall_s)
                 except TimeoutError:
-                    if not stream.active:
-                        raise AudioDeviceError(f"microphone {device or 'default'} vanished") from None
-                    if not stalled:
-                        log.warning("no audio from microphone %s for %.0f s", device or "default", STALL_WARNING_S)
-                    stalled = True
-                    continue
+                    state = "vanished" if not stream.active else f"stalled: no audio for {self.stall_s:g} s"
+                    raise AudioDeviceError(f"microphone {name} {state}") from None
                 if isinstance(item, BaseException):
                     raise item
-                if stalled:
-                    log.info("microphone audio is back")
-                    stalled = False
-                yield item
+                block, heard_at = item
+                problem = liveness.problem(block)
+                if problem:
+                    raise AudioDeviceError(f"microphone {name} stalled: {problem}")
+                samples = block.astype(np.float32) / 32768.0
+                if resampler is not None:
+                    samples = resampler.resample_chunk(samples)
+                pending = np.concatenate([pending, samples]) if len(pending) else samples
+                while len(pending) >= FRAME_SAMPLES:
+                    frame, pending = pending[:FRAME_SAMPLES], pending[FRAME_SAMPLES:]
+                    # Stamped when PortAudio delivered the block, not when the pipeline got round to it.
+                    yield AudioChunk(frame, INPUT_RATE_HZ, heard_at)
+        finally:
+            await _close_stream_async(stream, f"microphone {name}")
 
-    def _put(self, item: AudioChunk | BaseException) -> None:
+    def _open(self, sd, device, name, on_audio, on_finished):
+        """The input stream, at the configured rate, else 16 kHz, else the device's default rate."""
+        rates = [self.rate_hz] if self.rate_hz else [INPUT_RATE_HZ]
+        if not self.rate_hz:
+            try:
+                default_rate = int(sd.query_devices(device, "input")["default_samplerate"])
+            except Exception:  # PortAudio raises its own error types; opening will say what is wrong.
+                default_rate = INPUT_RATE_HZ
+            if default_rate != INPUT_RATE_HZ:
+                rates.append(default_rate)
+        failure = None
+        for rate_hz in rates:
+            try:
+                stream = sd.RawInputStream(
+                    samplerate=rate_hz,
+                    blocksize=FRAME_SAMPLES * rate_hz // INPUT_RATE_HZ,
+                    channels=1,
+                    dtype="int16",
+                    device=device,
+                    callback=on_audio,
+                    finished_callback=on_finished,
+                )
+            except Exception as error:
+                failure = error
+                continue
+            if rate_hz != INPUT_RATE_HZ:
+                log.info("microphone %s opened at %d Hz, resampled to %d Hz", name, rate_hz, INPUT_RATE_HZ)
+            self.opened_rate_hz = rate_hz
+            return stream
+        tried = " or ".join(f"{rate} Hz" for rate in rates)
+        raise AudioDeviceError(
+            f"cannot open microphone {name} at {tried}: {failure}; "
+            "check audio.input_device and audio.input_sample_rate_hz (voicebot devices)"
+        )
+
+    def _put(self, opened: int, item: tuple[np.ndarray, float] | BaseException) -> None:
+        if opened != self._opened:
+            return
         if self._queue.full():
             self._queue.get_nowait()
             self.dropped_frames += 1
@@ -412,8 +536,29 @@ class WavSink:
             self._pending.clear()
 
 
+class Backoff:
+    """Seconds to wait before each retry: doubling from `first_s` up to `most_s`."""
+
+    def __init__(self, first_s: float = 1.0, most_s: float = 30.0) -> None:
+        self.first_s = first_s
+        self.most_s = most_s
+        self.failures = 0
+
+    def next_s(self) -> float:
+        """The wait before the next try, counting one more failure."""
+        self.failures += 1
+        return min(self.most_s, self.first_s * 2 ** (self.failures - 1))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
 class SpeakerSink:
-    """The speaker through PortAudio: one stream kept open, fed from a buffer so sentences join without gaps."""
+    """The speaker through PortAudio: one stream kept open, fed from a buffer so sentences join without gaps.
+
+    A stream that fails, vanishes or stalls is opened again at the next reply, with backoff, so a
+    speaker plugged back in works again without a restart.
+    """
 
     def __init__(
         self,
@@ -421,20 +566,16 @@ class SpeakerSink:
         clock: Clock,
         rate_hz: int | None = None,
         timeline: PlaybackTimeline | None = None,
+        stall_s: float = 2.0,
+        open_now: bool = True,
     ) -> None:
-        import sounddevice as sd
-
         self.clock = clock
         self.timeline = timeline
-        self.device = _find_device(sd, device, "output")
-        try:
-            self.rate_hz = int(rate_hz or sd.query_devices(self.device, "output")["default_samplerate"])
-        except Exception as error:
-            if self.device is None:
-                raise AudioDeviceError(
-                    "no speaker found; connect one, set audio.output_device, or use --output WAV"
-                ) from None
-            raise AudioDeviceError(f"cannot query speaker {self.device}: {error}") from None
+        self.configured_device = device
+        self.configured_rate_hz = rate_hz
+        self.stall_s = stall_s
+        self.device = device
+        self.rate_hz = rate_hz or 0
         self._lock = threading.Lock()
         self._buffer: collections.deque[np.ndarray] = collections.deque()
         self._queued_samples = 0
@@ -446,9 +587,33 @@ class SpeakerSink:
         self._reply_samples = 0  # samples of the current reply handed to the device
         self._timeline_end: float | None = None  # when the audio last added to the timeline ends
         self._last_sound_at = float("-inf")
-        self._restarting = False  # stop() is aborting the stream on purpose
+        self._ending_on_purpose = False  # stop() or close() is ending the stream, which is no failure
+        self._stream = None
+        self._backoff = Backoff()
+        self._retry_at = 0.0
+        if open_now:
+            self._open()
+        else:
+            self._error = f"speaker {device if device is not None else 'default'} is not open yet"
+
+    @property
+    def name(self) -> str:
+        return str(self.device) if self.device is not None else "default"
+
+    def _open(self) -> None:
+        import sounddevice as sd
+
+        self.device = _find_device(sd, self.configured_device, "output")
         try:
-            self._stream = sd.OutputStream(
+            self.rate_hz = int(self.configured_rate_hz or sd.query_devices(self.device, "output")["default_samplerate"])
+        except Exception as error:
+            if self.device is None:
+                raise AudioDeviceError(
+                    "no speaker found; connect one, set audio.output_device, or use --output WAV"
+                ) from None
+            raise AudioDeviceError(f"cannot query speaker {self.device}: {error}") from None
+        try:
+            stream = sd.OutputStream(
                 samplerate=self.rate_hz,
                 channels=1,
                 dtype="float32",
@@ -456,11 +621,38 @@ class SpeakerSink:
                 callback=self._fill,
                 finished_callback=self._on_finished,
             )
-            self._stream.start()
+            stream.start()
         except Exception as error:
             raise AudioDeviceError(
-                f"cannot open speaker {self.device or 'default'}: {error}; check audio.output_device (voicebot devices)"
+                f"cannot open speaker {self.name}: {error}; check audio.output_device (voicebot devices)"
             ) from None
+        self._stream = stream
+        self._error = None
+
+    def _usable(self) -> bool:
+        return self._stream is not None and self._error is None and self._stream.active
+
+    def _reopen_if_lost(self) -> None:
+        """Open a failed, vanished or stalled speaker again; tries are spaced out with backoff."""
+        if self._usable():
+            return
+        lost = self._error or f"speaker {self.name} vanished"
+        if time.monotonic() < self._retry_at:
+            raise AudioDeviceError(f"{lost}; trying it again in {self._retry_at - time.monotonic():.0f} s")
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            self._ending_on_purpose = True
+            _close_stream(stream, f"speaker {self.name}").join(CLOSE_TIMEOUT_S)
+            self._ending_on_purpose = False
+        try:
+            self._open()
+        except AudioDeviceError as error:
+            self._error = str(error)
+            self._retry_at = time.monotonic() + self._backoff.next_s()
+            raise
+        if self._backoff.failures or lost:
+            log.info("speaker %s is open again", self.name)
+        self._backoff.reset()
 
     def _fill(self, outdata, frame_count, time_info, status) -> None:
         out = outdata[:, 0]
@@ -494,19 +686,21 @@ class SpeakerSink:
 
     def _on_finished(self) -> None:
         # PortAudio calls this for every stream that ends, including stop()'s own abort, which is no failure.
-        if not self._restarting:
-            self._error = f"speaker {self.device or 'default'} stopped"
+        if not self._ending_on_purpose and self._error is None:
+            self._error = f"speaker {self.name} stopped"
+            log.error("%s", self._error)
 
     def start(self, on_first_sample: Callable[[float], None]) -> None:
         self._loop = asyncio.get_running_loop()
+        self._reopen_if_lost()
         self._resampler = None
         with self._lock:
             self._on_first_sample = on_first_sample
             self._reply_samples = 0
 
     async def play(self, chunk: AudioChunk) -> None:
-        if self._error or not self._stream.active:
-            raise AudioDeviceError(self._error or f"speaker {self.device or 'default'} vanished")
+        if not self._usable():
+            raise AudioDeviceError(self._error or f"speaker {self.name} vanished")
         if self.timeline is not None:
             with self._lock:
                 ahead_s = self._queued_samples / self.rate_hz
@@ -540,14 +734,22 @@ class SpeakerSink:
             tail = AudioChunk(np.zeros(0, np.float32), self._resampler_rate_hz)
             self._enqueue(self._resample(tail, last=True))
             self._resampler = None
+        progress_at, last_remaining = time.monotonic(), None
         while True:
             with self._lock:
                 remaining = self._queued_samples
             if remaining <= 0:
                 break
-            if self._error or not self._stream.active:
-                raise AudioDeviceError(self._error or f"speaker {self.device or 'default'} vanished")
+            if not self._usable():
+                raise AudioDeviceError(self._error or f"speaker {self.name} vanished")
+            if remaining != last_remaining:
+                progress_at, last_remaining = time.monotonic(), remaining
+            elif time.monotonic() - progress_at > self.stall_s:
+                # A stream can stop asking for audio without an error (a suspended or unplugged device).
+                self._error = f"speaker {self.name} stalled: nothing played for {self.stall_s:g} s"
+                raise AudioDeviceError(self._error)
             await asyncio.sleep(min(0.05, remaining / self.rate_hz))
+        assert self._stream is not None
         await asyncio.sleep(self._stream.latency)
 
     def stop(self) -> float:
@@ -556,19 +758,19 @@ class SpeakerSink:
             self._buffer.clear()
             self._queued_samples = 0
             self._on_first_sample = None
-            sounding = time.monotonic() - self._last_sound_at < self._stream.latency + 0.1
+            sounding = self._usable() and time.monotonic() - self._last_sound_at < self._stream.latency + 0.1
         # A stream that already failed has nothing left to drop, and starting it again can block for good (seen
         # with PulseAudio killed mid-reply: Pa_StartStream never returned).
-        if sounding and self._error is None and self._stream.active:
+        if sounding:
             # Abort drops what the device has queued, which would otherwise play on for its latency.
-            self._restarting = True
+            self._ending_on_purpose = True
             try:
                 self._stream.abort()
                 self._stream.start()
             except Exception as error:
-                self._error = f"speaker {self.device or 'default'} failed to restart: {error}"
+                self._error = f"speaker {self.name} failed to restart: {error}"
             finally:
-                self._restarting = False
+                self._ending_on_purpose = False
         stopped_at = self.clock.now()
         if self.timeline is not None:
             self.timeline.cut(stopped_at)
@@ -577,12 +779,14 @@ class SpeakerSink:
     @property
     def heard_s(self) -> float:
         with self._lock:
-            handed_s = self._reply_samples / self.rate_hz
-        return max(0.0, handed_s - self._stream.latency)
+            handed_s = self._reply_samples / self.rate_hz if self.rate_hz else 0.0
+        return max(0.0, handed_s - (self._stream.latency if self._stream is not None else 0.0))
 
     def close(self) -> None:
         self.stop()
-        self._stream.close()
+        self._ending_on_purpose = True
+        if self._stream is not None:
+            _close_stream(self._stream, f"speaker {self.name}").join(CLOSE_TIMEOUT_S)
 
 
 def list_devices() -> str:
@@ -590,6 +794,12 @@ def list_devices() -> str:
     import sounddevice as sd
 
     try:
-        return str(sd.query_devices())
+        devices = sd.query_devices()
     except Exception as error:
         raise AudioDeviceError(f"cannot list sound devices: {error}") from None
+    if len(devices) == 0:
+        raise AudioDeviceError(
+            "PortAudio sees no sound devices; check that a microphone and speaker are connected, that this "
+            "user is in the audio group (or runs in the desktop session that owns them), and run voicebot check"
+        )
+    return str(devices)

@@ -5,37 +5,37 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shlex
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 from voicebot import __version__
+from voicebot.assistant import Assistant, RunOptions, load_engines
 from voicebot.audio import (
     INPUT_RATE_HZ,
     AudioSink,
     Clock,
-    MicrophoneSource,
     PlaybackTimeline,
     SpeakerSink,
     WavSink,
-    WavSource,
     list_devices,
     read_wav,
 )
-from voicebot.config import Config, load_config
+from voicebot.config import Config, config_as_yaml, load_config
+from voicebot.doctor import CheckOptions, Status, report, run_checks
 from voicebot.engines import Engines
-from voicebot.errors import AudioDeviceError, VoicebotError
-from voicebot.models import resolve_models
-from voicebot.pipeline import Pipeline
+from voicebot.errors import VoicebotError
+from voicebot.fetch import add_models_parser, models_command
 from voicebot.reply import Responder
+from voicebot.systemd import SystemdNotifier
 from voicebot.trace import Tracer
 from voicebot.tts import language_of
 
 log = logging.getLogger("voicebot")
-
-MIC_RETRY_S = 3.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,20 +151,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="list audio devices",
         description="List the sound devices PortAudio sees, for audio.input_device and audio.output_device.",
     )
+    check = commands.add_parser(
+        "check",
+        parents=[common],
+        help="check this machine is ready: config, models, llama.cpp build, cores, memory, sound",
+        description="Check the config, the models, whether llama.cpp was built for this CPU, the CPU pinning plan, "
+        "free memory, the sound server and the sound devices. Prints one line per finding and a fix for each "
+        "problem; exits 1 if there is any problem.",
+    )
+    check.add_argument(
+        "--no-audio", action="store_true", help="do not open the sound devices (a running assistant holds them)"
+    )
+    commands.add_parser(
+        "config",
+        parents=[common],
+        help="print the config in effect",
+        description="Print the settings in effect, after the config file and --set, as YAML. "
+        "Save it as ~/.config/voicebot/voicebot.yaml to start a config of your own.",
+    )
+    add_models_parser(commands, common)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+    _set_up_logging(args.log_level)
     try:
         if args.command == "devices":
             print(list_devices())
             return 0
+        if args.command == "check":
+            findings = run_checks(CheckOptions(args.config, tuple(args.set), audio=not args.no_audio))
+            print(report(findings))
+            return 1 if any(f.status is Status.FAIL for f in findings) else 0
         config = load_config(args.config, args.set)
-        return asyncio.run(_COMMANDS[args.command](args, config))
+        if args.command == "config":
+            print(config_as_yaml(config), end="")
+            return 0
+        code = asyncio.run(_COMMANDS[args.command](args, config))
+        if args.command == "run":
+            _leave_model_calls_running(code)
+        return code
     except VoicebotError as error:
         print(f"voicebot: {error}", file=sys.stderr)
         return error.exit_code
@@ -172,71 +200,61 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class _JournalFormatter(logging.Formatter):
+    """One line per event, with the sd-daemon(3) priority prefix journald reads as the log level."""
+
+    PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = " ".join(super().format(record).splitlines())
+        return f"<{self.PRIORITIES.get(record.levelno, 6)}>{line}"
+
+
+def _set_up_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    formatter_class = _JournalFormatter if os.environ.get("JOURNAL_STREAM") else logging.Formatter
+    handler.setFormatter(formatter_class("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+
+
+def _leave_model_calls_running(code: int) -> None:
+    """Exit now if a model call is still running (a transcription, a prompt being read): a stop must take
+    no more than a moment, and the interpreter would otherwise wait for that thread."""
+    deadline = time.monotonic() + 0.2
+    running = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    for thread in running:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if any(thread.is_alive() for thread in running):
+        log.info("not waiting for a model call still running")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 async def _run(args: argparse.Namespace, config: Config) -> int:
     if args.fast and not args.input:
         raise VoicebotError("--fast needs --input: only a file can be heard faster than real time")
     if args.echo and (not args.input or args.fast):
         raise VoicebotError("--echo needs --input in real time: it mixes the replies back into that file as it plays")
-    started = time.monotonic()
-    clock = Clock()
-    timeline = PlaybackTimeline()
-    source = None
-    if args.input:
-        echo = _room_echo(args.echo, timeline) if args.echo else None
-        source = WavSource.from_file(args.input, clock, realtime=not args.fast, echo=echo)
-    tracer = Tracer(clock, args.trace)
-    engines = _load_engines(config, frozenset({"listen", "asr", "llm", "tts"}))
-    try:
-        sink = _open_sink(args.output, config, clock, engines, realtime=not args.fast, timeline=timeline)
-        try:
-            log.info(
-                "ready in %.1f s (profile %s, config %s)", time.monotonic() - started, config.profile, config.source
-            )
-            pipeline = Pipeline(
-                engines,
-                source or MicrophoneSource(config.audio.input_device, clock, config.audio.input_queue_s),
-                sink,
-                tracer,
-                timeline=timeline,
-            )
-            await _until_signal(_run_pipeline(pipeline, retry_microphone=source is None))
-        finally:
-            sink.close()
-    finally:
-        engines.close()
-        tracer.close()
-    return 0
-
-
-def _room_echo(option: str, timeline: PlaybackTimeline):
-    """The echo a microphone would hear of the replies, for --echo GAIN[,DELAY_MS]."""
-    from voicebot.echo import RoomEcho, parse_echo_option
-
-    try:
-        gain, delay_ms = parse_echo_option(option)
-    except ValueError as error:
-        raise VoicebotError(str(error)) from None
-    room = RoomEcho(gain, delay_ms)
-    return lambda frame_end_t, samples: room.apply(timeline.render(frame_end_t, samples))
-
-
-async def _run_pipeline(pipeline: Pipeline, retry_microphone: bool) -> None:
-    while True:
-        try:
-            await pipeline.run()
-            return
-        except AudioDeviceError as error:
-            if not retry_microphone:
-                raise
-            log.error("%s; trying again in %.0f s", error, MIC_RETRY_S)
-            await asyncio.sleep(MIC_RETRY_S)
+    options = RunOptions(
+        config_path=args.config,
+        overrides=tuple(args.set),
+        input=args.input,
+        output=args.output,
+        realtime=not args.fast,
+        echo=args.echo,
+        trace=args.trace,
+    )
+    return await Assistant(config, options, SystemdNotifier.from_environment()).run()
 
 
 async def _ask(args: argparse.Namespace, config: Config) -> int:
     question = _text_argument(args.text, "ask", "a question")
     clock = Clock()
     tracer = Tracer(clock, args.trace)
-    engines = _load_engines(config, frozenset({"llm", "tts"}))
+    engines = load_engines(config, frozenset({"llm", "tts"}))
     try:
         sink = _open_sink(args.output, config, clock, engines, realtime=args.output is None)
         try:
@@ -256,7 +274,7 @@ async def _ask(args: argparse.Namespace, config: Config) -> int:
 async def _say(args: argparse.Namespace, config: Config) -> int:
     text = _text_argument(args.text, "say", "some text")
     clock = Clock()
-    engines = _load_engines(config, frozenset({"tts"}))
+    engines = load_engines(config, frozenset({"tts"}))
     try:
         sink = _open_sink(args.output, config, clock, engines, realtime=args.output is None)
         try:
@@ -282,7 +300,7 @@ async def _chat(args: argparse.Namespace, config: Config) -> int:
         raise VoicebotError("--output needs --speak: only spoken answers can be written to a WAV file")
     clock = Clock()
     tracer = Tracer(clock, args.trace)
-    engines = _load_engines(config, frozenset({"llm", "tts"} if args.speak else {"llm"}))
+    engines = load_engines(config, frozenset({"llm", "tts"} if args.speak else {"llm"}))
     try:
         sink = _open_sink(args.output, config, clock, engines, realtime=args.output is None) if args.speak else None
         try:
@@ -330,7 +348,7 @@ async def _chat_loop(engines: Engines, sink: AudioSink | None, tracer: Tracer) -
 
 async def _transcribe(args: argparse.Namespace, config: Config) -> int:
     audio = read_wav(args.wav).resampled(INPUT_RATE_HZ)
-    engines = _load_engines(config, frozenset({"asr"}))
+    engines = load_engines(config, frozenset({"asr"}))
     try:
         assert engines.asr_worker is not None and engines.transcriber is not None
         transcript = await engines.asr_worker.run(engines.transcriber.transcribe, audio.samples)
@@ -356,13 +374,15 @@ async def _bench(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-_COMMANDS = {"run": _run, "ask": _ask, "say": _say, "chat": _chat, "transcribe": _transcribe, "bench": _bench}
-
-
-def _load_engines(config: Config, stages: frozenset[str]) -> Engines:
-    engines = Engines.load(config, resolve_models(config, stages), stages)
-    engines.warm_up()
-    return engines
+_COMMANDS = {
+    "run": _run,
+    "ask": _ask,
+    "say": _say,
+    "chat": _chat,
+    "transcribe": _transcribe,
+    "bench": _bench,
+    "models": models_command,
+}
 
 
 def _open_sink(

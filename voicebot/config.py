@@ -41,6 +41,9 @@ class AudioConfig:
     """PortAudio output device: a name (or part of one) or an index; null for the system default."""
     output_sample_rate_hz: Optional[int] = setting(None, min=8000, max=192000)
     """Rate to open the speaker at; null for the device's default. Replies are resampled to it."""
+    input_sample_rate_hz: Optional[int] = setting(None, min=8000, max=192000)
+    """Rate to open the microphone at; null for 16 kHz, or the device's default rate if it refuses
+    16 kHz (many USB microphones on hw: do). Audio is resampled to 16 kHz."""
     input_queue_s: float = setting(2.0, min=0.2, max=30.0)
     """How much microphone audio may wait for the pipeline before frames are dropped and counted."""
     echo_canceller: Literal["speex", "webrtc", "none"] = "speex"
@@ -48,6 +51,15 @@ class AudioConfig:
     wakes itself while a person talking over it is still heard: speex (measured best, docs/echo.md),
     webrtc (WebRTC AEC3: for speaker and microphone clocks that drift apart), or none (when
     PulseAudio's or PipeWire's echo-cancel module already cleans the microphone)."""
+    on_device_loss: Literal["auto", "retry", "exit"] = "auto"
+    """When the microphone or speaker is lost or stalls: retry (log it once, then reopen it with
+    backoff until it is back), exit (with code 69), or auto: retry under systemd, exit otherwise."""
+    stall_s: float = setting(2.0, min=0.5, max=60.0)
+    """No audio from the microphone, or none played by the speaker, for this long means the device
+    stalled: ALSA often reports nothing when a USB device is unplugged."""
+    zero_input_stall_s: float = setting(30.0, min=0.0, max=3600.0)
+    """This long of exact digital zeros from the microphone also counts as a stall (0: never); a
+    working microphone always hears a little noise."""
 
 
 @dataclass(frozen=True)
@@ -247,6 +259,22 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequenc
         where = "--set" if from_set else _locate(source, text, error.key_path)
         raise ConfigError(f"config error in {where}: {error}") from None
     return _with_profile_defaults(dataclasses.replace(config, source=source))
+
+
+def config_as_yaml(config: Config) -> str:
+    """The settings as a config file would hold them, with where they came from."""
+    public = {f.name for f in _public_fields(Config)}
+    settings = {name: value for name, value in dataclasses.asdict(config).items() if name in public}
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, (tuple, list)):
+            return [plain(item) for item in value]
+        return value
+
+    header = f"# voicebot settings in effect, from {config.source}\n"
+    return header + yaml.safe_dump(plain(settings), sort_keys=False, allow_unicode=True, width=100)
 
 
 def _with_profile_defaults(config: Config) -> Config:

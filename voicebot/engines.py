@@ -94,8 +94,8 @@ class Engines:
         if self.chat is not None and self.llm_worker is not None:
             self.llm_worker.call(self.chat.warm_up, self.config.llm.system_prompt)
 
-    def close(self) -> None:
-        """Stop the worker threads."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the worker threads; without `wait`, a model call still running is left to end on its own."""
         for worker in self.workers:
-            worker.close()
+            worker.close(wait)
         self.workers.clear()

@@ -15,14 +15,14 @@ import itertools
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from voicebot.audio import AudioChunk, AudioSink, AudioSource, PlaybackTimeline
 from voicebot.earcons import Earcon, Earcons
 from voicebot.engines import Engines
-from voicebot.errors import VoicebotError
+from voicebot.errors import AudioDeviceError, VoicebotError
 from voicebot.reply import Responder
 from voicebot.trace import HeldTracer, Tracer
 from voicebot.vad import Endpoint, EndpointKind
@@ -172,8 +172,10 @@ class Pipeline:
         streaming: bool = True,
         early_start: bool = True,
         timeline: PlaybackTimeline | None = None,
+        on_listening: Callable[[], None] = lambda: None,
     ) -> None:
         self.engines = engines
+        self.on_listening = on_listening
         self.config = engines.config
         self.source = source
         self.sink = sink
@@ -193,9 +195,17 @@ class Pipeline:
     # The supervisor.
 
     async def run(self) -> None:
-        """Listen until the input ends, then finish the last turn; cancelling stops everything."""
+        """Listen until the input ends, then finish the last turn; cancelling stops everything.
+
+        It can run again after the source failed: it starts afresh, waiting for the wake word, with
+        the conversation kept.
+        """
         assert self.engines.listen_worker is not None and self.engines.wake is not None
         await self.engines.listen_worker.run(self.engines.wake.reset)
+        self._inbox = Inbox()
+        self._set_state(State.IDLE)
+        self._follow_up = self._input_ended = False
+        self._reference_end = None
         reader = asyncio.create_task(self._read_source(), name="source")
         try:
             while not (self._input_ended and self._turn is None):
@@ -207,11 +217,19 @@ class Pipeline:
             await self.responder.close()
 
     async def _read_source(self) -> None:
+        listening = False
         try:
             async for chunk in self.source.frames():
+                if not listening:
+                    listening = True
+                    self.on_listening()
                 await self._inbox.put_frame(Heard(chunk))
         except VoicebotError as error:
             self._inbox.post(SourceFailed(error))
+            return
+        except Exception as error:  # noqa: BLE001 - whatever ends the input must reach the supervisor
+            log.debug("the audio source failed", exc_info=True)
+            self._inbox.post(SourceFailed(AudioDeviceError(f"the audio input failed: {type(error).__name__}: {error}")))
             return
         await self._inbox.put_frame(InputEnded())
 

@@ -70,9 +70,9 @@ class PinnedWorker:
         """Run fn(*args) on the pinned thread without blocking the event loop."""
         return await asyncio.wrap_future(self.submit(fn, *args))
 
-    def close(self) -> None:
-        """Let queued calls finish, then end the thread."""
-        self._executor.shutdown(wait=True)
+    def close(self, wait: bool = True) -> None:
+        """End the thread once queued calls finish; without `wait`, drop queued calls and return at once."""
+        self._executor.shutdown(wait=wait, cancel_futures=not wait)
 
 
 async def iterate_in_worker(worker: PinnedWorker, make_iterator: Callable[[], Iterator[T]]) -> AsyncIterator[T]:

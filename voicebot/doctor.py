@@ -1,0 +1,348 @@
+"""`voicebot check`: is this machine ready to run the assistant? One line per finding, and a fix per problem."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import glob
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from voicebot.config import Config, load_config
+from voicebot.errors import VoicebotError
+
+# llama.cpp's names for the instruction sets it was built with, and the /proc/cpuinfo flag that says a
+# CPU has each. A library built for a newer CPU dies with "Illegal instruction" at its first model call.
+LLAMA_FEATURE_FLAGS = {
+    "SSE3": "pni",
+    "SSSE3": "ssse3",
+    "AVX": "avx",
+    "AVX2": "avx2",
+    "F16C": "f16c",
+    "FMA": "fma",
+    "BMI2": "bmi2",
+    "AVX_VNNI": "avx_vnni",
+    "AVX512": "avx512f",
+    "AVX512_VBMI": "avx512vbmi",
+    "AVX512_VNNI": "avx512_vnni",
+    "AVX512_BF16": "avx512_bf16",
+    "NEON": "asimd",
+    "ARM_FMA": "asimd",
+    "FP16_VA": "asimdhp",
+    "DOTPROD": "asimddp",
+    "MATMUL_INT8": "i8mm",
+    "SVE": "sve",
+    "SME": "sme",
+}
+# Resident memory per byte of model file, measured with the bundled and pi models (weights are
+# mapped whole; the LLM's KV cache and the runtimes' buffers come on top), plus a fixed base.
+MEMORY_PER_MODEL_BYTE = 1.3
+BASE_MEMORY_BYTES = 350 * 2**20
+REBUILD_LLAMA = (
+    'rebuild llama-cpp-python for this CPU: CMAKE_ARGS="-DGGML_NATIVE=ON" pip install --force-reinstall '
+    "--no-cache-dir --no-binary llama-cpp-python llama-cpp-python (or run install.sh again)"
+)
+
+
+class Status(enum.Enum):
+    OK = "ok"
+    WARN = "warning"
+    FAIL = "problem"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the report: what was checked, what was found, and for a problem, the fix."""
+
+    area: str
+    status: Status
+    found: str
+    fix: str = ""
+
+    def line(self) -> str:
+        mark = {Status.OK: "ok  ", Status.WARN: "warn", Status.FAIL: "FAIL"}[self.status]
+        text = f"[{mark}] {self.area}: {self.found}"
+        return f"{text}\n       fix: {self.fix}" if self.fix else text
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    config_path: str | None = None
+    overrides: tuple[str, ...] = ()
+    audio: bool = True
+    """Open the sound devices for a moment (off where a running assistant holds them)."""
+
+
+def run_checks(options: CheckOptions) -> list[Finding]:
+    """Every check, in the order a person would fix things."""
+    findings = [*check_platform()]
+    try:
+        config = load_config(options.config_path, options.overrides)
+    except VoicebotError as error:
+        return [*findings, Finding("config", Status.FAIL, str(error), "correct the file, then run voicebot check")]
+    findings.append(Finding("config", Status.OK, f"{config.source} (profile {config.profile})"))
+    findings += check_llama_build()
+    findings += check_models(config)
+    findings += check_pinning(config)
+    findings += check_memory(config)
+    findings += check_sound_server()
+    if options.audio:
+        findings += check_audio_devices(config)
+    return findings
+
+
+def report(findings: list[Finding]) -> str:
+    problems = sum(f.status is Status.FAIL for f in findings)
+    warnings = sum(f.status is Status.WARN for f in findings)
+    summary = "all good" if not problems and not warnings else f"{problems} problem(s), {warnings} warning(s)"
+    return "\n".join([*(f.line() for f in findings), f"voicebot check: {summary}"])
+
+
+# Python, the platform, and the llama.cpp build.
+
+
+def check_platform() -> list[Finding]:
+    python = ".".join(map(str, sys.version_info[:3]))
+    found = f"Python {python} on {platform.machine()} ({_os_name()})"
+    if sys.version_info < (3, 11):
+        return [Finding("platform", Status.FAIL, found, "use Python 3.11 or newer (Raspberry Pi OS Bookworm or later)")]
+    if platform.machine() not in ("aarch64", "x86_64", "arm64", "AMD64"):
+        return [Finding("platform", Status.WARN, found, "voicebot is tested on 64-bit Pi OS (aarch64) and x86_64")]
+    return [Finding("platform", Status.OK, found)]
+
+
+def _os_name() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text(encoding="utf-8").splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return platform.system()
+
+
+def check_llama_build(cpu_flags: set[str] | None = None, system_info: str | None = None) -> list[Finding]:
+    """Whether llama.cpp was built for instruction sets this CPU has (asked in a child process, which an
+    "Illegal instruction" would kill instead of this one)."""
+    if system_info is None:
+        probe = subprocess.run(
+            [sys.executable, "-c", "import llama_cpp; print(llama_cpp.llama_print_system_info().decode())"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if probe.returncode != 0:
+            reason = (
+                "Illegal instruction" if probe.returncode == -4 else (probe.stderr.strip().splitlines() or ["?"])[-1]
+            )
+            return [Finding("llama.cpp", Status.FAIL, f"cannot load llama-cpp-python: {reason}", REBUILD_LLAMA)]
+        system_info = probe.stdout
+    flags = cpu_flags if cpu_flags is not None else _cpu_flags()
+    built = [
+        name
+        for part in system_info.replace("\n", "|").split("|")
+        if "= 1" in part
+        for name in [part.split("=")[0].strip().split(":")[-1].strip()]
+        if name in LLAMA_FEATURE_FLAGS
+    ]
+    missing = sorted({name for name in built if LLAMA_FEATURE_FLAGS[name] not in flags})
+    if missing:
+        return [
+            Finding(
+                "llama.cpp",
+                Status.FAIL,
+                f"built for {', '.join(missing)}, which this CPU lacks: it would die with 'Illegal instruction'",
+                REBUILD_LLAMA,
+            )
+        ]
+    return [Finding("llama.cpp", Status.OK, f"built for this CPU ({', '.join(built) or 'generic'})")]
+
+
+def _cpu_flags() -> set[str]:
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                flags |= set(value.split())
+    except OSError:
+        pass
+    return flags
+
+
+# Models, cores and memory.
+
+
+def check_models(config: Config) -> list[Finding]:
+    from voicebot.models import resolve_models
+
+    try:
+        paths = resolve_models(config)
+    except VoicebotError as error:
+        return [Finding("models", Status.FAIL, str(error).split("; ")[0], "; ".join(str(error).split("; ")[1:]))]
+    files = [paths.llm, paths.asr, *paths.voices.values()]
+    return [Finding("models", Status.OK, f"{len(files)} found: " + ", ".join(p.name for p in files))]
+
+
+def check_pinning(config: Config) -> list[Finding]:
+    from voicebot.threads import available_cores, resolve_cores
+
+    plan = []
+    try:
+        for role, section in (("llm", config.llm), ("asr", config.asr), ("tts", config.tts)):
+            plan.append(f"{role} on {_cores(resolve_cores(section.cores, role))}")
+    except VoicebotError as error:
+        return [Finding("cores", Status.FAIL, str(error), "set the section's cores to cores that exist, or auto")]
+    found = f"{len(available_cores())} cores: " + ", ".join(plan) + f", listening on {plan[-1].split(' on ')[1]}"
+    return [Finding("cores", Status.OK, found)]
+
+
+def _cores(cores: tuple[int, ...]) -> str:
+    return "core " + ",".join(map(str, cores)) if len(cores) == 1 else "cores " + ",".join(map(str, cores))
+
+
+def check_memory(config: Config, available_bytes: int | None = None) -> list[Finding]:
+    from voicebot.models import resolve_models
+
+    try:
+        paths = resolve_models(config)
+    except VoicebotError:
+        return []  # Reported with the models.
+    model_bytes = sum(_size(path) for path in (paths.llm, paths.asr, *paths.voices.values()))
+    needed = int(BASE_MEMORY_BYTES + MEMORY_PER_MODEL_BYTE * model_bytes)
+    available = available_bytes if available_bytes is not None else _available_memory()
+    found = f"about {needed / 2**20:.0f} MB needed, {available / 2**20:.0f} MB available"
+    if available < needed:
+        return [
+            Finding(
+                "memory",
+                Status.FAIL,
+                found,
+                "close other programs, use smaller models (models.llm, models.asr), or add swap",
+            )
+        ]
+    return [Finding("memory", Status.OK, found)]
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    return path.stat().st_size if path.is_file() else 0
+
+
+def _available_memory() -> int:
+    for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+# Sound.
+
+
+@dataclasses.dataclass(frozen=True)
+class SoundServer:
+    name: str
+    socket: str
+
+
+def find_sound_servers(runtime_dirs: list[str] | None = None) -> list[SoundServer]:
+    """The PipeWire and PulseAudio servers whose sockets this process can see."""
+    if runtime_dirs is None:
+        runtime_dirs = sorted({*glob.glob("/run/user/*"), os.environ.get("XDG_RUNTIME_DIR", "")} - {""})
+    pulse_runtime = os.environ.get("PULSE_RUNTIME_PATH")
+    servers = []
+    for directory in runtime_dirs:
+        if os.path.exists(os.path.join(directory, "pipewire-0")):
+            servers.append(SoundServer("PipeWire", os.path.join(directory, "pipewire-0")))
+        if os.path.exists(os.path.join(directory, "pulse", "native")):
+            servers.append(SoundServer("PulseAudio (or pipewire-pulse)", os.path.join(directory, "pulse", "native")))
+    if pulse_runtime and os.path.exists(os.path.join(pulse_runtime, "native")):
+        servers.append(SoundServer("PulseAudio", os.path.join(pulse_runtime, "native")))
+    return servers
+
+
+def check_sound_server(
+    servers: list[SoundServer] | None = None, under_systemd: bool | None = None, uid: int | None = None
+) -> list[Finding]:
+    """Which of the two set-ups this is: ALSA directly, or a user session's sound server."""
+    servers = find_sound_servers() if servers is None else servers
+    under_systemd = bool(os.environ.get("INVOCATION_ID")) if under_systemd is None else under_systemd
+    uid = os.getuid() if uid is None else uid
+    if not servers:
+        return [
+            Finding(
+                "sound server",
+                Status.OK,
+                "none: voicebot uses ALSA directly (as on Pi OS Lite); the system service fits",
+            )
+        ]
+    names = "; ".join(f"{s.name} at {s.socket}" for s in servers)
+    own = [s for s in servers if f"/run/user/{uid}/" in s.socket or "PULSE_RUNTIME_PATH" in os.environ]
+    if own:
+        return [Finding("sound server", Status.OK, f"{names}: voicebot reaches it in this user's session")]
+    return [
+        Finding(
+            "sound server",
+            Status.WARN,
+            f"{names}, owned by another user's session: it may hold the sound card, so "
+            f"{'this service' if under_systemd else 'a system service'} can find it busy or missing",
+            "run voicebot in that user's session: install.sh --user-session USER (a user unit with lingering); "
+            "see docs/service.md",
+        )
+    ]
+
+
+def check_audio_devices(config: Config) -> list[Finding]:
+    try:
+        import sounddevice as sd
+    except OSError as error:
+        return [Finding("audio", Status.FAIL, f"PortAudio is missing: {error}", "apt-get install libportaudio2")]
+    findings = []
+    for kind, device in (("input", config.audio.input_device), ("output", config.audio.output_device)):
+        findings.append(_try_device(sd, kind, device))
+    return findings
+
+
+def _try_device(sd, kind: str, device) -> Finding:
+    area = "microphone" if kind == "input" else "speaker"
+    key = f"audio.{kind}_device"
+    try:
+        info = sd.query_devices(device, kind)
+    except Exception as error:  # PortAudio raises its own error types.
+        choices = _device_names(sd, kind)
+        return Finding(
+            area,
+            Status.FAIL,
+            f"{key} = {device!r}: {error}" if device is not None else f"no default {area}: {error}",
+            f"connect one and set {key} to one of: {choices}" if choices else f"connect a {area}; see voicebot devices",
+        )
+    name = info["name"]
+    rate = int(info["default_samplerate"])
+    try:
+        if kind == "input":
+            sd.rec(int(0.2 * rate), samplerate=rate, channels=1, device=device, blocking=True)
+        else:
+            import numpy as np
+
+            sd.play(np.zeros(int(0.1 * rate), np.float32), samplerate=rate, device=device, blocking=True)
+    except Exception as error:
+        return Finding(
+            area,
+            Status.FAIL,
+            f"{name!r} is listed but cannot be opened: {error}",
+            "it may be busy (held by a sound server or another program); see the sound server line above",
+        )
+    return Finding(area, Status.OK, f"{name!r} opened at {rate} Hz")
+
+
+def _device_names(sd, kind: str) -> str:
+    channels = "max_input_channels" if kind == "input" else "max_output_channels"
+    try:
+        return ", ".join(repr(d["name"]) for d in sd.query_devices() if d[channels] > 0)
+    except Exception:  # PortAudio raises its own error types.
+        return ""
