@@ -166,8 +166,7 @@ fi
 
 [ -d "$source_dir" ] || die "--from $source_dir: no such directory"
 source_dir="$(cd "$source_dir" && pwd -P)"
-for needed in pyproject.toml voicebot/__init__.py config/voicebot.yaml requirements-bundled.txt \
-  systemd/voicebot.service systemd/voicebot-user.service; do
+for needed in pyproject.toml voicebot/__init__.py config/voicebot.yaml requirements-bundled.txt; do
   [ -f "$source_dir/$needed" ] || die "$source_dir is not the voicebot source: $needed is missing (--from PATH)"
 done
 grep -q '^name = "voicebot"' "$source_dir/pyproject.toml" ||
@@ -221,6 +220,11 @@ if [ -n "$user_session" ]; then
   [ -d "$session_home" ] || die "--user-session $user_session: the home directory $session_home does not exist"
   run_user="$user_session"
   say "the service will run in $user_session's session (a systemd user unit)"
+fi
+unit_file=systemd/voicebot.service
+[ -z "$user_session" ] || unit_file=systemd/voicebot-user.service
+if [ "$mode" = system ] || [ -n "$user_session" ]; then
+  [ -f "$source_dir/$unit_file" ] || die "$source_dir/$unit_file is missing; it is part of the voicebot source"
 fi
 
 arch="$(uname -m)"
@@ -335,7 +339,7 @@ llama_installed() {
 llama_before="$(llama_installed)"
 if [ -z "$llama_before" ] || [ "$rebuild_llama" = 1 ]; then
   say "llama-cpp-python: unless pip has a build of it in its cache, it compiles from source for this CPU now,"
-  say "which takes several minutes (about 7 on a 2-core x86_64 machine, longer on a Raspberry Pi)."
+  say "which takes several minutes (4 to 7 on a 2-core x86_64 machine, longer on a Raspberry Pi)."
 fi
 if [ "$rebuild_llama" = 1 ]; then
   # pip's cache would hand back the build for the old CPU; drop it so the new build replaces it.
@@ -534,7 +538,7 @@ elif [ -n "$user_session" ]; then
   group="$(id -gn "$user_session")"
   install -d -o "$user_session" -g "$group" "$session_home/.config" "$session_home/.config/systemd" "$unit_dir" \
     "$unit_dir/default.target.wants"
-  unit_from_shipped "$source_dir/systemd/voicebot-user.service" >"$workdir/voicebot.service"
+  unit_from_shipped "$source_dir/$unit_file" >"$workdir/voicebot.service"
   install -m 0644 -o "$user_session" -g "$group" "$workdir/voicebot.service" "$unit_dir/voicebot.service"
   done_ "installed the user unit $unit_dir/voicebot.service"
   loginctl enable-linger "$user_session"
@@ -554,7 +558,7 @@ elif [ -n "$user_session" ]; then
   fi
 elif [ "$mode" = system ]; then
   service_kind=system
-  unit_from_shipped "$source_dir/systemd/voicebot.service" >"$workdir/voicebot.service"
+  unit_from_shipped "$source_dir/$unit_file" >"$workdir/voicebot.service"
   if cmp -s "$workdir/voicebot.service" /etc/systemd/system/voicebot.service; then
     say "/etc/systemd/system/voicebot.service is up to date"
   else
