@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 import wave
 from pathlib import Path
 
 import pytest
-from conftest import build_wav, data_clip, espeak, run_voicebot
+from conftest import REPO, build_wav, data_clip, espeak, run_voicebot
 
 BUNDLED = [
     "--set",
@@ -135,3 +139,32 @@ def test_a_pause_mid_question_drops_the_early_answer(tmp_path, speech_dir):
     transcripts = [e["text"] for e in events if e["event"] == "transcript"]
     assert len(transcripts) == 1 and {"capital", "germany"} <= words(transcripts[0]), transcripts
     assert [e["reason"] for e in events if e["event"] == "turn_end"] == ["answered"]
+
+
+def test_a_whole_turn_runs_with_no_network_at_all(tmp_path, speech_dir):
+    """In a network namespace of its own (only a loopback, down), nothing can phone home: the turn must not need to."""
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare is missing (util-linux)")
+    reach_out = "import socket; socket.create_connection(('1.1.1.1', 53), timeout=3)"
+    probe = subprocess.run(["unshare", "-n", sys.executable, "-c", reach_out], capture_output=True, text=True)
+    if "unshare:" in probe.stderr:
+        pytest.fail(f"unshare -n does not work here: {probe.stderr.strip()}")
+    assert probe.returncode != 0 and "Network is unreachable" in probe.stderr, probe.stderr
+    wav = build_wav(
+        tmp_path / "input.wav",
+        [0.5, espeak("hey jarvis", speech_dir), 0.3, espeak("What is the capital of France?", speech_dir), 2.0],
+    )
+    trace = tmp_path / "trace.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
+
+    result = subprocess.run(
+        ["unshare", "-n", sys.executable, "-m", "voicebot", "run", *BUNDLED, "--fast", "--input", str(wav),
+         "--output", str(tmp_path / "reply.wav"), "--trace", str(trace)],
+        capture_output=True, text=True, timeout=180, env=env, cwd=REPO,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    events = read_trace(trace)
+    assert "capital" in first(events, "transcript")["text"].lower()
+    assert first(events, "turn_end")["reason"] == "answered"
+    assert [e for e in events if e["event"] == "sentence"]

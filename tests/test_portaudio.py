@@ -665,3 +665,32 @@ def test_voicebot_check_finds_the_sound_server_and_opens_its_devices(pulse):
     assert "PulseAudio" in lines["sound server"] and str(pulse.dir) in lines["sound server"], lines["sound server"]
     assert lines["microphone"].startswith("[ok") and "'pulse' opened" in lines["microphone"]
     assert lines["speaker"].startswith("[ok") and "'pulse' opened" in lines["speaker"]
+
+
+def test_a_microphone_opened_at_48_khz_is_resampled_to_16_khz_frames(pulse):
+    """As a USB microphone that refuses 16 kHz on hw: is opened at its own rate (audio.input_sample_rate_hz)."""
+    clock = Clock()
+
+    async def scenario():
+        source = MicrophoneSource(DEVICE, clock, rate_hz=48000)
+        async with Recorder(source) as recorder:
+            sink = SpeakerSink(DEVICE, clock)
+            try:
+                sink.start(lambda t: None)
+                await sink.play(AudioChunk(tone(1.5, VOICE_RATE_HZ), VOICE_RATE_HZ))
+                await recorder.wait_until_loud(timeout=3)
+                await recorder.wait_frames(6, timeout=3)
+            finally:
+                sink.close()
+        return source, recorder
+
+    source, recorder = run(scenario(), timeout=20)
+    assert source.opened_rate_hz == 48000
+    assert all(len(c.samples) == FRAME_SAMPLES and c.rate_hz == INPUT_RATE_HZ for c in recorder.chunks)
+    loud = recorder.chunks[-6:]
+    samples = np.concatenate([c.samples for c in loud])
+    assert abs(peak_hz(samples, INPUT_RATE_HZ) - TONE_HZ) < 20
+    assert rms(samples) > LOUD
+    # Frames keep the pace of real time: 6 frames of 80 ms span about 0.4 s of capture times.
+    span = loud[-1].captured_at - loud[0].captured_at
+    assert 0.25 < span < 0.6, span
