@@ -122,3 +122,24 @@ def test_which_sound_setup_this_is(tmp_path):
     assert someone_elses.status is Status.WARN and "another user's session" in someone_elses.found
     assert "--user-session" in someone_elses.fix
     assert own.status is Status.OK and "this user's session" in own.found
+
+
+def test_models_that_are_present_but_not_what_was_published_are_caught(tmp_path):
+    for name in (
+        "qwen2.5-0.5b-instruct-q4_k_m.gguf",
+        "faster-whisper-base/model.bin",
+        "en_US-lessac-medium.onnx",
+        "en_US-lessac-medium.onnx.json",
+        "zh_CN-huayan-medium.onnx",
+        "zh_CN-huayan-medium.onnx.json",
+    ):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"not the model")
+
+    result = run_voicebot("check", "--no-audio", "--set", f"models.dir={tmp_path}")
+
+    assert result.returncode == 1
+    assert lines_marked(result.stdout, "ok")[3].startswith("[ok  ] models: 4 found"), result.stdout
+    [hashes] = lines_marked(result.stdout, "FAIL")
+    assert hashes.startswith("[FAIL] model hashes:") and "qwen2.5-0.5b-instruct-q4_k_m.gguf: wrong size" in hashes
+    assert "fix: fetch them again: voicebot models fetch" in result.stdout

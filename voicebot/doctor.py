@@ -185,7 +185,30 @@ def check_models(config: Config) -> list[Finding]:
     except VoicebotError as error:
         return [Finding("models", Status.FAIL, str(error).split("; ")[0], "; ".join(str(error).split("; ")[1:]))]
     files = [paths.llm, paths.asr, *paths.voices.values()]
-    return [Finding("models", Status.OK, f"{len(files)} found: " + ", ".join(p.name for p in files))]
+    found = f"{len(files)} found: " + ", ".join(p.name for p in files)
+    if config.profile != "pi":
+        return [Finding("models", Status.OK, found + " (pip installed them)")]
+    return [Finding("models", Status.OK, found), *_check_hashes(config)]
+
+
+def _check_hashes(config: Config) -> list[Finding]:
+    """Re-hash the registry's models as installed, as `voicebot models verify` does."""
+    from voicebot.fetch import FileState, configured_entries, verify_model
+
+    models_dir = Path(config.models.dir).expanduser()
+    checks = [check for entry in configured_entries(config) for check in verify_model(entry, models_dir)]
+    bad = [c for c in checks if c.state not in (FileState.OK, FileState.MISSING)]
+    if not bad:
+        verified = sum(c.state is FileState.OK for c in checks)
+        return [Finding("model hashes", Status.OK, f"{verified} files match their published SHA-256")]
+    return [
+        Finding(
+            "model hashes",
+            Status.FAIL,
+            "; ".join(f"{c.path}: {c.state.value}" + (f" ({c.detail})" if c.detail else "") for c in bad),
+            "fetch them again: voicebot models fetch",
+        )
+    ]
 
 
 def check_pinning(config: Config) -> list[Finding]:
