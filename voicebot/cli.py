@@ -396,7 +396,8 @@ def _open_sink(
     assert engines.synthesizer is not None
     if output:
         return WavSink(Path(output), clock, realtime=realtime, rate_hz=engines.synthesizer.rate_hz, timeline=timeline)
-    return SpeakerSink(config.audio.output_device, clock, config.audio.output_sample_rate_hz, timeline=timeline)
+    audio = config.audio
+    return SpeakerSink(audio.output_device, clock, audio.output_sample_rate_hz, timeline, audio.stall_s)
 
 
 async def _until_signal(work):
