@@ -154,6 +154,10 @@ class ChatModel:
         text = self.render(messages, add_generation_prompt)
         return self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
+    def tokens_of(self, text: str) -> list[int]:
+        """The model's tokens for plain text (no BOS, no special tokens), as a reply continues a prompt."""
+        return self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
     def count_tokens(self, text: str) -> int:
         """Tokens in `text` by the model's own tokenizer (thread-safe: tokenizing does not touch the context)."""
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
