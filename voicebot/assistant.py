@@ -12,6 +12,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from voicebot.audio import (
     AudioSink,
@@ -48,6 +49,23 @@ class RunOptions:
     realtime: bool = True
     echo: str | None = None
     trace: str | None = None
+
+
+def open_sink(
+    output: str | None,
+    config: Config,
+    clock: Clock,
+    engines: Engines,
+    realtime: bool = True,
+    timeline: PlaybackTimeline | None = None,
+    open_now: bool = True,
+) -> AudioSink:
+    """Replies go to the WAV file `output`, else to the configured speaker (opened later unless `open_now`)."""
+    assert engines.synthesizer is not None
+    if output:
+        return WavSink(Path(output), clock, realtime=realtime, rate_hz=engines.synthesizer.rate_hz, timeline=timeline)
+    audio = config.audio
+    return SpeakerSink(audio.output_device, clock, audio.output_sample_rate_hz, timeline, audio.stall_s, open_now)
 
 
 def load_engines(config: Config, stages: frozenset[str] = STAGES) -> Engines:
@@ -104,27 +122,14 @@ class Assistant:
         return lambda frame_end_t, samples: room.apply(self.timeline.render(frame_end_t, samples))
 
     def _open_sink(self, config: Config, engines: Engines) -> AudioSink:
-        assert engines.synthesizer is not None
-        if self.options.output:
-            return WavSink(
-                self.options.output,
-                self.clock,
-                realtime=self.options.realtime,
-                rate_hz=engines.synthesizer.rate_hz,
-                timeline=self.timeline,
-            )
-        audio = config.audio
+        options = (self.options.output, config, self.clock, engines, self.options.realtime, self.timeline)
         try:
-            return SpeakerSink(
-                audio.output_device, self.clock, audio.output_sample_rate_hz, self.timeline, audio.stall_s
-            )
+            return open_sink(*options)
         except AudioDeviceError as error:
             if not self.keep_trying:
                 raise
             log.error("%s; replies stay silent until it can be opened", error)
-            return SpeakerSink(
-                audio.output_device, self.clock, audio.output_sample_rate_hz, self.timeline, audio.stall_s, False
-            )
+            return open_sink(*options, open_now=False)
 
     async def run(self) -> int:
         """Load, listen and answer until the input ends or SIGTERM/SIGINT; SIGHUP reloads the config."""

@@ -11,17 +11,13 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 from voicebot import __version__
-from voicebot.assistant import Assistant, RunOptions, load_engines
+from voicebot.assistant import Assistant, RunOptions, load_engines, open_sink
 from voicebot.audio import (
     INPUT_RATE_HZ,
     AudioSink,
     Clock,
-    PlaybackTimeline,
-    SpeakerSink,
-    WavSink,
     list_devices,
     read_wav,
 )
@@ -256,7 +252,7 @@ async def _ask(args: argparse.Namespace, config: Config) -> int:
     tracer = Tracer(clock, args.trace)
     engines = load_engines(config, frozenset({"llm", "tts"}))
     try:
-        sink = _open_sink(args.output, config, clock, engines, realtime=args.output is None)
+        sink = open_sink(args.output, config, clock, engines, realtime=args.output is None)
         try:
             responder = Responder(engines, sink, tracer)
             reply = await _until_signal(responder.respond(question, language=language_of(question)))
@@ -276,7 +272,7 @@ async def _say(args: argparse.Namespace, config: Config) -> int:
     clock = Clock()
     engines = load_engines(config, frozenset({"tts"}))
     try:
-        sink = _open_sink(args.output, config, clock, engines, realtime=args.output is None)
+        sink = open_sink(args.output, config, clock, engines, realtime=args.output is None)
         try:
             await _until_signal(Responder(engines, sink, Tracer(clock)).say(text, language=language_of(text)))
         finally:
@@ -302,7 +298,7 @@ async def _chat(args: argparse.Namespace, config: Config) -> int:
     tracer = Tracer(clock, args.trace)
     engines = load_engines(config, frozenset({"llm", "tts"} if args.speak else {"llm"}))
     try:
-        sink = _open_sink(args.output, config, clock, engines, realtime=args.output is None) if args.speak else None
+        sink = open_sink(args.output, config, clock, engines, realtime=args.output is None) if args.speak else None
         try:
             await _until_signal(_chat_loop(engines, sink, tracer))
         finally:
@@ -383,21 +379,6 @@ _COMMANDS = {
     "bench": _bench,
     "models": models_command,
 }
-
-
-def _open_sink(
-    output: str | None,
-    config: Config,
-    clock: Clock,
-    engines: Engines,
-    realtime: bool,
-    timeline: PlaybackTimeline | None = None,
-) -> AudioSink:
-    assert engines.synthesizer is not None
-    if output:
-        return WavSink(Path(output), clock, realtime=realtime, rate_hz=engines.synthesizer.rate_hz, timeline=timeline)
-    audio = config.audio
-    return SpeakerSink(audio.output_device, clock, audio.output_sample_rate_hz, timeline, audio.stall_s)
 
 
 async def _until_signal(work):

@@ -3,6 +3,7 @@
 import os
 
 # Exit codes from sysexits.h, so systemd and shell scripts can tell failures apart.
+EX_USAGE = 64
 EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
@@ -50,6 +51,36 @@ class RequestTooLargeError(VoicebotError):
     """A request does not fit in the LLM's context window."""
 
     exit_code = EX_DATAERR
+
+
+class DownloadError(VoicebotError):
+    """A model file could not be downloaded (network, server, or the server sent something else)."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+class ChecksumError(VoicebotError):
+    """A downloaded model file is complete but its SHA-256 is not the published one."""
+
+    exit_code = EX_DATAERR
+
+
+class UnverifiableModelError(VoicebotError):
+    """The registry has no published size or SHA-256 for a file, so it is neither fetched nor vouched for."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+class UnknownModelError(VoicebotError):
+    """A model name that is not in the registry."""
+
+    exit_code = EX_USAGE
+
+
+class DownloadStopped(VoicebotError):
+    """A download was stopped on request; its .part file is kept for resuming."""
+
+    exit_code = 130
 
 
 def describe_os_error(error: OSError) -> str:

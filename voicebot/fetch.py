@@ -26,7 +26,15 @@ from tqdm import tqdm
 
 from voicebot import __version__
 from voicebot.config import Config
-from voicebot.errors import EX_DATAERR, EX_NOINPUT, EX_UNAVAILABLE, VoicebotError
+from voicebot.errors import (
+    EX_DATAERR,
+    EX_NOINPUT,
+    ChecksumError,
+    DownloadError,
+    DownloadStopped,
+    UnknownModelError,
+    UnverifiableModelError,
+)
 from voicebot.registry import MODELS, PI_PROFILE, REGISTRY, ModelEntry, ModelFile, entry_at
 
 log = logging.getLogger(__name__)
@@ -38,43 +46,12 @@ CHUNK_BYTES = 1 << 20
 TIMEOUT = httpx.Timeout(connect=20.0, read=60.0, write=60.0, pool=20.0)
 STOP_WAIT_S = TIMEOUT.read + 5.0
 FETCH_HINT = "run `voicebot models fetch` again to resume"
-EX_USAGE = 64
 CONFIG_KEYS = {
     "llm": "models.llm",
     "asr": "models.asr",
     "voice": "models.voice_en or models.voice_zh",
     "wake": "wake.models",
 }
-
-
-class DownloadError(VoicebotError):
-    """A model file could not be downloaded (network, server, or the server sent something else)."""
-
-    exit_code = EX_UNAVAILABLE
-
-
-class ChecksumError(VoicebotError):
-    """A downloaded model file is complete but its SHA-256 is not the published one."""
-
-    exit_code = EX_DATAERR
-
-
-class UnverifiableModelError(VoicebotError):
-    """The registry has no published size or SHA-256 for a file, so it is neither fetched nor vouched for."""
-
-    exit_code = EX_UNAVAILABLE
-
-
-class UnknownModelError(VoicebotError):
-    """A model name that is not in the registry."""
-
-    exit_code = EX_USAGE
-
-
-class DownloadStopped(VoicebotError):
-    """A download was stopped on request; its .part file is kept for resuming."""
-
-    exit_code = 130
 
 
 class FileState(enum.Enum):
