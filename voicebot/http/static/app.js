@@ -7,10 +7,22 @@ const TOKEN_KEY = "voicebot.token";
 const SPEAK_KEY = "voicebot.speak";
 const ROLES = new Set(["system", "user", "assistant"]);
 
-const ui = Object.fromEntries(
-  ["messages", "empty", "model", "speak-option", "speak", "clear", "token-form", "token", "error", "ask",
-    "question", "send", "stop"].map((id) => [id.replace(/-(\w)/g, (_, c) => c.toUpperCase()), document.getElementById(id)]),
-);
+const byId = (id) => document.getElementById(id);
+const ui = {
+  messages: byId("messages"),
+  empty: byId("empty"),
+  model: byId("model"),
+  speakOption: byId("speak-option"),
+  speak: byId("speak"),
+  clear: byId("clear"),
+  tokenForm: byId("token-form"),
+  token: byId("token"),
+  error: byId("error"),
+  ask: byId("ask"),
+  question: byId("question"),
+  send: byId("send"),
+  stop: byId("stop"),
+};
 
 let history = loadHistory();
 let model = "voicebot";
@@ -24,7 +36,7 @@ const markdown = new marked.Marked({
   breaks: true,
   renderer: {
     html: ({ text }) => escapeHtml(text),
-    image: ({ href, text }) => `<a href="${escapeHtml(href)}">${escapeHtml(text || href)}</a>`,
+    image: ({ href, text }) => `<a href="${escapeHtml(href ?? "")}">${escapeHtml(text || href || "image")}</a>`,
   },
 });
 const PURIFY = { FORBID_TAGS: ["style", "img", "svg", "math", "form"], FORBID_ATTR: ["style"] };
