@@ -109,13 +109,15 @@ def test_switching_conversations_keeps_each_ones_kv_cache(chat, worker):
 def test_a_full_queue_refuses_typed_requests_but_never_voice(chat, worker):
     async def scenario():
         service = LlmService(chat, worker, max_waiting=2)
-        streams = [service.generate(f"web{n}", asking(f"Count to {n}."), GREEDY) for n in range(3)]
-        first = asyncio.create_task(collect(streams[0]))
-        await asyncio.sleep(0.2)  # running
-        waiting = [asyncio.create_task(collect(s)) for s in streams[1:]]
-        await asyncio.sleep(0.05)
+        first = asyncio.create_task(collect(service.generate("web0", asking("Count to ten."), GREEDY)))
+        while service.running is None:  # noqa: ASYNC110 - the scheduler has no event for this
+            await asyncio.sleep(0.005)
+        waiting = [
+            asyncio.create_task(collect(service.generate(f"web{n}", asking(f"Count to {n}."), GREEDY))) for n in (1, 2)
+        ]
+        assert service.queue_length == 2
         with pytest.raises(LlmBusyError, match="2 requests are already waiting"):
-            await collect(service.generate("web9", asking("Hi."), GREEDY))
+            service.generate("web9", asking("Hi."), GREEDY)
         voice = await collect(service.generate("voice", asking("Hi."), GREEDY, Priority.VOICE))
         results = await asyncio.gather(first, *waiting)
         await service.close()

@@ -10,6 +10,7 @@ from voicebot.audio import Clock
 from voicebot.config import config_from_dict
 from voicebot.engines import Engines
 from voicebot.llm import COMPRESS_ABOVE, prompt_budget
+from voicebot.llm_service import Priority
 from voicebot.models import resolve_models
 from voicebot.reply import Responder
 from voicebot.trace import Tracer
@@ -43,14 +44,16 @@ def test_a_question_asked_while_the_history_is_compressed_interrupts_it_and_the_
 
     async def scenario():
         await responder.respond("Say hello.")  # its reply sets off a compression
-        await responder.respond("Say goodbye.")  # asked at once, as a quick follow-up
+        while engines.llm.running is not Priority.BACKGROUND:  # noqa: ASYNC110 - the service has no event for this
+            await asyncio.sleep(0.001)
+        await responder.respond("Say goodbye.")  # asked while it runs, as a quick follow-up
         await responder.settled()
 
     asyncio.run(asyncio.wait_for(scenario(), 120))
 
     interrupted, compressed = named(tracer, "history_compression_interrupted"), named(tracer, "history_compressed")
     prompts = named(tracer, "llm_prompt")
-    assert len(interrupted) == 1 and len(compressed) == 1
+    assert len(interrupted) == 1 and len(compressed) == 1, [e["event"] for e in tracer.events]
     # The follow-up came first, over the whole history, nearly all of it from the KV cache.
     assert interrupted[0]["t"] < prompts[1]["t"] < compressed[0]["t"]
     assert prompts[1]["history_turns"] == history_turns + 1 and not prompts[1]["summary"]

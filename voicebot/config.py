@@ -153,6 +153,9 @@ class LlmConfig:
     cores: Cores = "auto"
     """CPU cores the inference threads are pinned to; one thread per core. auto: every core but
     core 0 (all of them on a 1-core machine)."""
+    kv_cache_slots: int = setting(4, min=0, max=64)
+    """Conversations (the voice one, each web chat) whose KV cache is kept when the model turns to
+    another, so coming back evaluates no history again; a few MB each. 0 keeps none."""
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,35 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """The OpenAI-compatible API and the web chat page, served by the same model as the voice loop."""
+
+    enabled: bool = False
+    """Serve HTTP beside the voice loop in voicebot run (voicebot serve always serves it)."""
+    host: str = "127.0.0.1"
+    """Address to listen on. Any address but loopback (127.0.0.1, ::1) requires a token."""
+    port: int = setting(8080, min=1, max=65535)
+    """TCP port to listen on."""
+    token: Optional[str] = None
+    """Bearer token every API request must carry (Authorization: Bearer ...); required when host is not
+    loopback, and checked on loopback too when set. Make one with: openssl rand -hex 16. null: none."""
+    allowed_origins: Optional[tuple[str, ...]] = None
+    """Web pages on other origins allowed to call the API from a browser (CORS), such as
+    [http://homeassistant.local:8123]; null allows none."""
+    max_queued: int = setting(8, min=1, max=256)
+    """Typed requests that may wait for the LLM at once; more get 429 Too Many Requests."""
+    max_body_bytes: int = setting(1_000_000, min=1024, max=100_000_000)
+    """Largest request body; larger ones get 413."""
+    max_messages: int = setting(200, min=1, max=10_000)
+    """Most messages in one chat request."""
+    max_prompt_tokens: int = setting(1536, min=16, max=32768)
+    """Longest prompt in tokens, after the chat template; it must also leave room in
+    llm.context_tokens for the answer."""
+    max_reply_tokens: int = setting(512, min=1, max=32768)
+    """Longest answer to a typed request, in tokens; a request may ask for fewer (max_tokens)."""
+
+
+@dataclass(frozen=True)
 class Config:
     """All of voicebot's settings."""
 
@@ -233,6 +265,7 @@ class Config:
     conversation: ConversationConfig = field(default_factory=ConversationConfig)
     earcons: EarconsConfig = field(default_factory=EarconsConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     source: str = field(default="built-in defaults", compare=False, metadata={"internal": True})
     """Where the settings came from, for messages."""
 

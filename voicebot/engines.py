@@ -10,6 +10,7 @@ import numpy as np
 from voicebot.asr import Transcriber
 from voicebot.config import Config
 from voicebot.llm import ChatModel
+from voicebot.llm_service import LlmService
 from voicebot.models import ModelPaths
 from voicebot.threads import PinnedWorker, resolve_cores
 from voicebot.tts import Synthesizer
@@ -35,6 +36,8 @@ class Engines:
     endpointer: Endpointer | None = None
     transcriber: Transcriber | None = None
     chat: ChatModel | None = None
+    llm: LlmService | None = None
+    """The one way to use `chat` once loaded: voice turns, typed requests and background work share it."""
     synthesizer: Synthesizer | None = None
     echo_canceller: EchoCanceller | None = None
     self_wake_guard: SelfWakeGuard | None = None
@@ -53,6 +56,9 @@ class Engines:
             if "llm" in stages:
                 engines.llm_worker = engines._worker("llm", resolve_cores(config.llm.cores, "llm"))
                 engines.chat = ChatModel(paths.llm, config.llm, engines.llm_worker)
+                engines.llm = LlmService(
+                    engines.chat, engines.llm_worker, config.llm.kv_cache_slots, config.http.max_queued
+                )
             if "asr" in stages:
                 engines.asr_worker = engines._worker("asr", resolve_cores(config.asr.cores, "asr"))
                 engines.transcriber = engines.asr_worker.call(

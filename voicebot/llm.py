@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Generator
 
 from voicebot.config import ConversationConfig, LlmConfig
 from voicebot.errors import ModelLoadError, RequestTooLargeError, VoicebotError
@@ -232,9 +232,12 @@ class ChatModel:
         """Empty the KV cache, so the next prompt is evaluated whole; on the worker."""
         self._llama.reset()
 
-    def stream(self, tokens: list[int], sampling: Sampling, should_stop: StopCheck = never) -> Iterator[str]:
+    def stream(
+        self, tokens: list[int], sampling: Sampling, should_stop: StopCheck = never
+    ) -> Generator[str, None, str]:
         """Yield reply text as it is generated; call on the worker thread and close it to stop early.
 
+        Returns why it ended: "stop" (the model ended its reply) or "length" (sampling.max_tokens).
         Raises Interrupted at the next token once `should_stop()` is true.
         """
         if len(tokens) >= self.context_tokens:
@@ -252,15 +255,18 @@ class ChatModel:
             repeat_penalty=sampling.repeat_penalty,
             seed=sampling.seed,
         )
+        finish_reason = "stop"
         try:
             for chunk in completion:
                 if should_stop():
                     raise Interrupted("generation stopped")
-                text = chunk["choices"][0]["text"]
-                if text:
-                    yield text
+                choice = chunk["choices"][0]
+                if choice["text"]:
+                    yield choice["text"]
+                finish_reason = choice.get("finish_reason") or finish_reason
         finally:
             completion.close()
+        return finish_reason
 
     def complete(self, tokens: list[int], sampling: Sampling, should_stop: StopCheck = never) -> str:
         """The whole reply at once; on the worker thread."""
@@ -363,6 +369,11 @@ class Conversation:
             )
         return tokens
 
+    def must_compress(self, chat: ChatModel) -> bool:
+        """Whether the history is so near the prompt budget that it must be compressed before another question."""
+        history = len(chat.prompt_tokens(self.messages(), add_generation_prompt=False))
+        return bool(self.exchanges) and history > COMPRESS_REGARDLESS_ABOVE * prompt_budget(chat)
+
     def compress(self, chat: ChatModel, sampling: Sampling, should_stop: StopCheck = never) -> Compression | None:
         """If the history has grown past its share of the budget, compress its oldest turns in one block.
 
@@ -391,7 +402,8 @@ class Conversation:
         except Interrupted:
             chat.load_state(saved)
             raise
-        self.exchanges, self.summary = kept, summary
+        # Re-sliced, not `kept`: the voice loop may have added an exchange while this ran on the worker.
+        self.exchanges, self.summary = self.exchanges[len(old) :], summary
         method = "summary" if summary else "drop"
         log.info("compressed %d old turns (%s): %d -> %d prompt tokens", len(old), method, before, len(prefix))
         return Compression(method, len(old), before, len(prefix), evaluated)

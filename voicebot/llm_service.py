@@ -1,10 +1,11 @@
-"""The one LLM, shared: a scheduler that runs one generation at a time on the LLM's pinned worker.
+"""The one LLM, shared: a scheduler that runs one job at a time on the LLM's pinned worker.
 
-Voice turns go before typed requests; a typed request that is generating gives way at its next token
-when a voice turn arrives, and resumes afterwards where it stopped. Each conversation keeps its own KV
-cache: when the model turns to another conversation, the one it leaves is saved (llama.cpp's state, a
-few MB) in a small LRU, and put back when that conversation speaks again, so switching between the
-voice conversation and a web chat evaluates neither history again.
+Voice turns go before typed requests, and both before background work (compressing a history). A
+typed request that is generating gives way at its next token when a voice turn arrives, and resumes
+afterwards where it stopped; background work gives way to anything. Each conversation keeps its own
+KV cache: when the model turns to another conversation, the one it leaves is saved (llama.cpp's
+state, a few MB) in a small LRU, and put back when that conversation speaks again, so switching
+between the voice conversation and a web chat evaluates neither history again.
 """
 
 from __future__ import annotations
@@ -18,48 +19,201 @@ import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
+from typing import Any, Callable, TypeVar
 
 from voicebot.errors import VoicebotError
-from voicebot.llm import ChatModel, Interrupted, KvState, PromptCost, Sampling
+from voicebot.llm import ChatModel, Interrupted, KvState, PromptCost, Sampling, StopCheck
 from voicebot.threads import PinnedWorker
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class Priority(enum.IntEnum):
-    """Lower runs first."""
+    """Lower runs first, and pre-empts a higher one that is running."""
 
     VOICE = 0
     TYPED = 1
+    BACKGROUND = 2
 
 
 class LlmBusyError(VoicebotError):
     """Too many typed requests are waiting for the LLM; try again shortly."""
 
 
+class LlmStoppedError(VoicebotError):
+    """The LLM service was shut down."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How a generation ended: "stop" (the model ended it), "length" (max_tokens) or "cancelled"."""
+
+    reason: str
+    completion_tokens: int
+
+
 @dataclass(eq=False)
 class _Job:
+    """One piece of work for the model, in one conversation's KV cache."""
+
     conversation: str
-    prepare: Callable[[ChatModel], list[int]]
-    sampling: Sampling
     priority: Priority
     order: int
-    on_prompt: Callable[[PromptCost], None]
     loop: asyncio.AbstractEventLoop
-    pieces: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     preempt: threading.Event = field(default_factory=threading.Event)
-    prompt: list[int] | None = None
-    written: str = ""
-    pieces_written: int = 0
-    preemptions: int = 0
 
     def sort_key(self) -> tuple[int, int]:
         return (self.priority, self.order)
 
-    def deliver(self, item: str | BaseException | None) -> None:
-        self.loop.call_soon_threadsafe(self.pieces.put_nowait, item)
+    def should_stop(self) -> bool:
+        return self.cancelled.is_set() or self.preempt.is_set()
+
+    def call_on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            self.cancelled.set()  # The event loop has closed: nobody is waiting any more.
+
+    def run(self, chat: ChatModel) -> str:
+        """On the worker: do the work; returns "done", "preempted", "cancelled" or "failed"."""
+        raise NotImplementedError
+
+    def abandon(self, error: BaseException) -> None:
+        """Tell whoever waits that the job will not run."""
+        raise NotImplementedError
+
+
+@dataclass(eq=False)
+class _Generation(_Job):
+    prepare: Callable[[ChatModel], list[int]] = lambda chat: []
+    sampling: Sampling = Sampling(max_tokens=0)
+    pieces: asyncio.Queue = field(default_factory=asyncio.Queue)
+    prompt: list[int] | None = None
+    written: str = ""
+    preemptions: int = 0
+
+    def deliver(self, item: str | PromptCost | Finished | BaseException) -> None:
+        self.call_on_loop(self.pieces.put_nowait, item)
+
+    def abandon(self, error: BaseException) -> None:
+        self.deliver(error)
+
+    def run(self, chat: ChatModel) -> str:
+        try:
+            if self.prompt is None:
+                self.prompt = self.prepare(chat)
+                self.deliver(chat.prompt_cost(self.prompt))
+            # Resuming after pre-emption: the prompt and what was already written, most of it still cached.
+            written_tokens = len(chat.tokens_of(self.written)) if self.written else 0
+            tokens = self.prompt + (chat.tokens_of(self.written) if self.written else [])
+            left = self.sampling.max_tokens - written_tokens
+            if left <= 0:
+                self.deliver(Finished("length", written_tokens))
+                return "done"
+            stream = chat.stream(tokens, dataclasses.replace(self.sampling, max_tokens=left), self.should_stop)
+            while True:
+                try:
+                    piece = next(stream)
+                except StopIteration as end:
+                    reason = end.value
+                    break
+                self.written += piece
+                self.deliver(piece)
+        except Interrupted:
+            if self.cancelled.is_set():
+                self.deliver(Finished("cancelled", 0))
+                return "cancelled"
+            self.preempt.clear()
+            self.preemptions += 1
+            return "preempted"
+        except VoicebotError as error:
+            self.deliver(error)
+            return "failed"
+        except Exception as error:  # noqa: BLE001 - one failed request must not stop the service
+            log.error("generation failed: %s: %s", type(error).__name__, error)
+            self.deliver(VoicebotError(f"the LLM failed: {type(error).__name__}: {error}"))
+            return "failed"
+        self.deliver(Finished(reason, len(chat.tokens_of(self.written))))
+        return "done"
+
+
+@dataclass(eq=False)
+class _Work(_Job):
+    work: Callable[[ChatModel, StopCheck], Any] = lambda chat, should_stop: None
+    result: asyncio.Future | None = None
+
+    def _settle(self, error: BaseException | None, value: Any = None) -> None:
+        assert self.result is not None
+        if self.result.done():
+            return
+        if error is not None:
+            self.result.set_exception(error)
+        else:
+            self.result.set_result(value)
+
+    def abandon(self, error: BaseException) -> None:
+        self.call_on_loop(self._settle, error)
+
+    def run(self, chat: ChatModel) -> str:
+        try:
+            value = self.work(chat, self.should_stop)
+        except BaseException as error:  # noqa: BLE001 - handed to the awaiting coroutine, which re-raises it
+            self.call_on_loop(self._settle, error)
+            return "failed"
+        self.call_on_loop(self._settle, None, value)
+        return "done"
+
+
+class Generation:
+    """A reply being written: iterate it for text; `prompt_cost` and `finished` are set as it goes.
+
+    Close it (or leave an `async with`) to stop the generation at its next token.
+    """
+
+    def __init__(self, job: _Generation, on_prompt: Callable[[PromptCost], None]) -> None:
+        self._job = job
+        self._on_prompt = on_prompt
+        self.prompt_cost: PromptCost | None = None
+        self.finished: Finished | None = None
+
+    @property
+    def preemptions(self) -> int:
+        """How often a voice turn made it give way."""
+        return self._job.preemptions
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> str:
+        while self.finished is None:
+            item = await self._job.pieces.get()
+            if isinstance(item, str):
+                return item
+            if isinstance(item, PromptCost):
+                self.prompt_cost = item
+                self._on_prompt(item)
+            elif isinstance(item, Finished):
+                self.finished = item
+            else:
+                self._job.cancelled.set()
+                raise item
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Stop generating (at the next token if it is running; at once if it is waiting)."""
+        self._job.cancelled.set()
+
+    def __del__(self) -> None:
+        self._job.cancelled.set()  # Dropped without being closed: nobody will read what it writes.
+
+    async def __aenter__(self) -> Generation:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class LlmService:
@@ -73,82 +227,111 @@ class LlmService:
         self._waiting: list[tuple[tuple[int, int], _Job]] = []
         self._running: _Job | None = None
         self._orders = itertools.count()
-        self._arrived = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._arrived: asyncio.Event | None = None
+        self._scheduler: asyncio.Task[None] | None = None
         self._saved: collections.OrderedDict[str, KvState] = collections.OrderedDict()
         self._cache_owner: str | None = None  # worker only
-        self._scheduler: asyncio.Task[None] | None = None
         self.kv_restores = 0
         self.kv_saves = 0
 
     @property
     def queue_length(self) -> int:
-        """Generations waiting, not counting the one running."""
+        """Jobs waiting, not counting the one running."""
         return sum(1 for _, job in self._waiting if not job.cancelled.is_set())
 
-    async def generate(
+    @property
+    def running(self) -> Priority | None:
+        """The priority of the job the model is working on now, if any."""
+        return self._running.priority if self._running is not None else None
+
+    def generate(
         self,
         conversation: str,
         prepare: Callable[[ChatModel], list[int]],
         sampling: Sampling,
         priority: Priority = Priority.TYPED,
         on_prompt: Callable[[PromptCost], None] = lambda cost: None,
-    ) -> AsyncIterator[str]:
-        """Yield the reply's text as it is written. `prepare` builds the prompt's tokens on the worker, right
+    ) -> Generation:
+        """Queue a reply and return it to iterate. `prepare` builds the prompt's tokens on the worker, right
         before generating (so it sees the conversation's own KV cache); `on_prompt` hears what it cost.
 
-        Leaving the loop early (a client gone, a turn cancelled) stops the generation at its next token.
+        Raises LlmBusyError at once when too many typed requests are waiting.
         """
         if priority is Priority.TYPED and self._typed_waiting() >= self.max_waiting:
             raise LlmBusyError(f"{self.max_waiting} requests are already waiting for the LLM; try again shortly")
-        self._ensure_scheduler()
-        job = _Job(conversation, prepare, sampling, priority, next(self._orders), on_prompt, asyncio.get_running_loop())
+        loop = self._ensure_scheduler()
+        job = _Generation(conversation, priority, next(self._orders), loop, prepare=prepare, sampling=sampling)
+        self._enqueue(job)
+        return Generation(job, on_prompt)
+
+    def submit(
+        self,
+        conversation: str,
+        work: Callable[[ChatModel, StopCheck], T],
+        priority: Priority = Priority.BACKGROUND,
+    ) -> asyncio.Future[T]:
+        """Queue work(chat, should_stop), to run on the worker in `conversation`'s KV cache; await the result.
+
+        `should_stop()` turns true when something more urgent arrives or the future is cancelled; the work
+        should then raise Interrupted, leaving things as they were.
+        """
+        loop = self._ensure_scheduler()
+        job = _Work(conversation, priority, next(self._orders), loop, work=work, result=loop.create_future())
+        assert job.result is not None
+        job.result.add_done_callback(lambda result: job.cancelled.set())
+        self._enqueue(job)
+        return job.result
+
+    def _enqueue(self, job: _Job) -> None:
         heapq.heappush(self._waiting, (job.sort_key(), job))
         running = self._running
         if running is not None and job.priority < running.priority:
             running.preempt.set()
+        assert self._arrived is not None
         self._arrived.set()
-        try:
-            while True:
-                item = await job.pieces.get()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            job.cancelled.set()
 
     def _typed_waiting(self) -> int:
         return sum(1 for _, job in self._waiting if job.priority is Priority.TYPED and not job.cancelled.is_set())
 
-    def _ensure_scheduler(self) -> None:
-        if self._scheduler is None or self._scheduler.done():
-            self._scheduler = asyncio.create_task(self._schedule(), name="llm-scheduler")
+    def _ensure_scheduler(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._scheduler is None or self._scheduler.done():
+            # A new event loop (or the first): jobs of a loop that has ended have nobody waiting for them.
+            self._waiting = [(key, job) for key, job in self._waiting if job.loop is loop]
+            heapq.heapify(self._waiting)
+            self._loop, self._arrived = loop, asyncio.Event()
+            self._scheduler = loop.create_task(self._schedule(), name="llm-scheduler")
+        return loop
 
     async def _schedule(self) -> None:
+        assert self._arrived is not None
         while True:
             while not self._waiting:
                 self._arrived.clear()
                 await self._arrived.wait()
             _, job = heapq.heappop(self._waiting)
             if job.cancelled.is_set():
+                job.abandon(Interrupted("cancelled before it ran"))
                 continue
             self._running = job
             try:
                 outcome = await self.worker.run(self._run, job)
+            except asyncio.CancelledError:
+                job.cancelled.set()
+                raise
             finally:
                 self._running = None
             if outcome == "preempted":
-                log.info(
-                    "a typed request gave way to a voice turn after %d pieces; it resumes next", job.pieces_written
-                )
+                log.info("a typed request gave way to a voice turn; it resumes next")
                 heapq.heappush(self._waiting, (job.sort_key(), job))
 
     async def close(self) -> None:
-        """Stop scheduling; a generation still running ends at its next token."""
+        """Stop scheduling; a job still running ends at its next check."""
         for _, job in self._waiting:
             job.cancelled.set()
-            job.deliver(VoicebotError("the LLM service stopped"))
+            job.abandon(LlmStoppedError("the LLM service stopped"))
+        self._waiting.clear()
         if self._running is not None:
             self._running.cancelled.set()
         if self._scheduler is not None:
@@ -160,56 +343,24 @@ class LlmService:
     def _run(self, job: _Job) -> str:
         try:
             self._switch_to(job.conversation)
-            if job.prompt is None:
-                job.prompt = job.prepare(self.chat)
-            # Resuming after pre-emption: the prompt and what was already written, most of it still cached.
-            tokens = job.prompt + (self.chat.tokens_of(job.written) if job.written else [])
-            cost = self.chat.prompt_cost(tokens)
-            if not job.written:
-                job.on_prompt(cost)
-            left = job.sampling.max_tokens - job.pieces_written
-            if left <= 0:
-                job.deliver(None)
-                return "done"
-            sampling = dataclasses.replace(job.sampling, max_tokens=left)
-
-            def should_stop() -> bool:
-                return job.cancelled.is_set() or job.preempt.is_set()
-
-            for piece in self.chat.stream(tokens, sampling, should_stop):
-                job.written += piece
-                job.pieces_written += 1
-                job.deliver(piece)
-        except Interrupted:
-            if job.cancelled.is_set():
-                job.deliver(None)
-                return "cancelled"
-            job.preempt.clear()
-            job.preemptions += 1
-            return "preempted"
         except VoicebotError as error:
-            job.deliver(error)
+            job.abandon(error)
             return "failed"
-        except Exception as error:  # noqa: BLE001 - one failed request must not stop the service
-            log.error("generation failed: %s: %s", type(error).__name__, error)
-            job.deliver(VoicebotError(f"the LLM failed: {type(error).__name__}: {error}"))
-            return "failed"
-        job.deliver(None)
-        return "done"
+        return job.run(self.chat)
 
     def _switch_to(self, conversation: str) -> None:
         """Keep the KV cache of the conversation the model leaves; bring back the one it turns to."""
         if self._cache_owner == conversation:
             return
-        if self._cache_owner is not None:
+        if self._cache_owner is not None and self.kv_slots > 0:
             self._saved[self._cache_owner] = self.chat.save_state()
             self._saved.move_to_end(self._cache_owner)
             self.kv_saves += 1
             while len(self._saved) > self.kv_slots:
                 dropped, _ = self._saved.popitem(last=False)
                 log.debug("dropped the saved KV cache of conversation %s", dropped)
+        self._cache_owner = conversation
         saved = self._saved.pop(conversation, None)
         if saved is not None:
             self.chat.load_state(saved)
             self.kv_restores += 1
-        self._cache_owner = conversation

@@ -7,9 +7,7 @@ abandoned, and only what the person actually heard joins the conversation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -18,7 +16,8 @@ from voicebot.audio import AudioChunk, AudioSink
 from voicebot.chunker import SentenceChunker
 from voicebot.engines import Engines
 from voicebot.errors import VoicebotError
-from voicebot.llm import Conversation, Interrupted, PromptCost, Sampling, system_prompts
+from voicebot.llm import Compression, Conversation, Interrupted, PromptCost, Sampling, system_prompts
+from voicebot.llm_service import Generation, Priority
 from voicebot.threads import iterate_in_worker
 from voicebot.trace import HeldTracer, Tracer
 from voicebot.tts import HAN
@@ -29,6 +28,8 @@ log = logging.getLogger(__name__)
 # about 15 characters a second in English, 4.5 Chinese characters a second.
 LATIN_CHARS_PER_S = 15.0
 HAN_CHARS_PER_S = 4.5
+# The LLM service keeps a KV cache per conversation; this is the voice loop's.
+VOICE_CONVERSATION = "voice"
 
 
 class LlmStalledError(VoicebotError):
@@ -93,8 +94,6 @@ class Responder:
         self.sampling = Sampling.from_config(config.llm)
         self.conversation = Conversation(config.conversation, system_prompts(config.llm))
         self._background: set[asyncio.Task[None]] = set()
-        # Set while a question waits for the LLM: background work on the conversation gives way to it.
-        self._question_waiting = threading.Event()
 
     def _new_chunker(self, language: str) -> SentenceChunker:
         return SentenceChunker(self.config.tts.first_piece_chars, self.config.tts.max_piece_chars, language=language)
@@ -112,26 +111,31 @@ class Responder:
         With `may_speak`, everything up to the first sound is done, then playback waits for it.
         """
         tracer = tracer or self.tracer
-        llm_worker = self.engines.llm_worker
-        assert llm_worker is not None
-        self._question_waiting.set()
-        try:
-            await self.settled()
-        finally:
-            self._question_waiting.clear()
-        tokens, cost = await llm_worker.run(self._prepare, question, language)
-        tracer.emit(
-            "llm_prompt",
-            language=language,
-            history_turns=len(self.conversation.exchanges),
-            summary=bool(self.conversation.summary),
-            prompt_tokens=cost.tokens,
-            prompt_tokens_cached=cost.cached,
-            prompt_tokens_evaluated=cost.evaluated,
+        llm = self.engines.llm
+        assert llm is not None
+
+        def on_prompt(cost: PromptCost) -> None:
+            tracer.emit(
+                "llm_prompt",
+                language=language,
+                history_turns=len(self.conversation.exchanges),
+                summary=bool(self.conversation.summary),
+                prompt_tokens=cost.tokens,
+                prompt_tokens_cached=cost.cached,
+                prompt_tokens_evaluated=cost.evaluated,
+            )
+
+        # Built on the worker when the model turns to it: after any compression has finished or given way.
+        generation = llm.generate(
+            VOICE_CONVERSATION,
+            lambda chat: self.conversation.prompt(question, language, chat),
+            self.sampling,
+            Priority.VOICE,
+            on_prompt,
         )
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
         spoken = SpokenPieces()
-        writer = asyncio.create_task(self._write(tokens, pieces, tracer, language))
+        writer = asyncio.create_task(self._write(generation, pieces, tracer, language))
         try:
             if self.sink is None:
                 await self._show(pieces, spoken)
@@ -157,31 +161,31 @@ class Responder:
         self.compress_in_background(tracer)
         return said
 
-    def _prepare(self, question: str, language: str) -> tuple[list[int], PromptCost]:
-        """On the LLM worker: the prompt's tokens, and how much of it the KV cache holds."""
-        assert self.engines.chat is not None
-        tokens = self.conversation.prompt(question, language, self.engines.chat)
-        return tokens, self.engines.chat.prompt_cost(tokens)
-
     def compress_in_background(self, tracer: Tracer | HeldTracer | None = None) -> None:
         """Compress old turns, if due, on the LLM worker now, while the person listens, not when they next ask.
 
-        A question asked meanwhile interrupts it; it runs again after that reply.
+        Anything asked of the LLM meanwhile interrupts it, and it runs again after the next reply; unless
+        the history is so near the budget that it must be compressed before the next question.
         """
-        task = asyncio.create_task(self._compress(tracer or self.tracer), name="compress")
+        llm, chat = self.engines.llm, self.engines.chat
+        assert llm is not None and chat is not None
+        priority = Priority.VOICE if self.conversation.must_compress(chat) else Priority.BACKGROUND
+        compressed = llm.submit(
+            VOICE_CONVERSATION,
+            lambda chat, should_stop: self.conversation.compress(chat, self.sampling, should_stop),
+            priority,
+        )
+        task = asyncio.create_task(self._report_compression(compressed, tracer or self.tracer), name="compress")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _compress(self, tracer: Tracer | HeldTracer) -> None:
-        assert self.engines.llm_worker is not None and self.engines.chat is not None
+    async def _report_compression(self, compressed: asyncio.Future[Compression | None], tracer: Tracer | HeldTracer):
         started = time.monotonic()
         try:
-            done = await self.engines.llm_worker.run(
-                self.conversation.compress, self.engines.chat, self.sampling, self._question_waiting.is_set
-            )
+            done = await compressed
         except Interrupted as interruption:
             tracer.emit("history_compression_interrupted", after_s=round(time.monotonic() - started, 3))
-            log.info("history compression gave way to a question: %s", interruption)
+            log.info("history compression gave way: %s", interruption)
             return
         except VoicebotError as error:
             log.warning("history compression failed, the history stays as it was: %s", error)
@@ -203,7 +207,8 @@ class Responder:
 
     async def close(self) -> None:
         """Stop background work on the conversation and wait for it."""
-        self._question_waiting.set()
+        for task in self._background:
+            task.cancel()
         await self.settled()
 
     async def say(self, text: str, language: str = "en") -> None:
@@ -231,11 +236,10 @@ class Responder:
         await self._speak(pieces, self.tracer, SpokenPieces(), language)
 
     async def _write(
-        self, tokens: list[int], pieces: asyncio.Queue[str | None], tracer: Tracer | HeldTracer, language: str
+        self, generation: Generation, pieces: asyncio.Queue[str | None], tracer: Tracer | HeldTracer, language: str
     ) -> tuple[str, bool]:
-        """Generate the answer, cut it into pieces and release them; returns (reply text, whether it was capped)."""
-        chat, llm_worker = self.engines.chat, self.engines.llm_worker
-        assert chat is not None and llm_worker is not None
+        """Take the answer as it is generated, cut it into pieces and release them; returns (reply text,
+        whether it was capped)."""
         chunker = self._new_chunker(language)
         reply: list[str] = []
         held: list[str] = []
@@ -258,11 +262,10 @@ class Responder:
 
         stall_s = self.config.llm.stall_timeout_s
         try:
-            stream = iterate_in_worker(llm_worker, lambda: chat.stream(tokens, self.sampling))
-            async with contextlib.aclosing(stream):
+            async with generation:
                 while not capped:
                     try:
-                        token = await asyncio.wait_for(anext(stream), stall_s)
+                        token = await asyncio.wait_for(anext(generation), stall_s)
                     except StopAsyncIteration:
                         break
                     except TimeoutError:
