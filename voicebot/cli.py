@@ -142,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--trace", metavar="FILE", help="write pipeline events as JSON Lines to FILE")
 
     commands.add_parser(
+        "serve",
+        parents=[common],
+        help="serve the chat page and the OpenAI-compatible API, without audio",
+        description="Serve the web chat page and POST /v1/chat/completions on http.host:http.port "
+        "(default 127.0.0.1:8080), with the LLM only: no microphone, no speaker. "
+        "voicebot run serves the same beside the voice loop when http.enabled is true.",
+    )
+    commands.add_parser(
         "devices",
         parents=[common],
         help="list audio devices",
@@ -186,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             print(config_as_yaml(config), end="")
             return 0
         code = asyncio.run(_COMMANDS[args.command](args, config))
-        if args.command == "run":
+        if args.command in ("run", "serve"):
             _leave_model_calls_running(code)
         return code
     except VoicebotError as error:
@@ -342,6 +350,33 @@ async def _chat_loop(engines: Engines, sink: AudioSink | None, tracer: Tracer) -
         await responder.close()
 
 
+async def _serve(args: argparse.Namespace, config: Config) -> int:
+    from voicebot.http.app import HttpServer, check_http_config, create_app
+
+    check_http_config(config.http)
+    engines = load_engines(config, frozenset({"llm"}))
+    notifier = SystemdNotifier.from_environment()
+
+    def on_started(url: str) -> None:
+        print(f"voicebot: serving the chat page and the API on {url}", flush=True)
+        notifier.ready(f"serving on {url}")
+
+    server = HttpServer(create_app(engines, config), config.http, on_started)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, server.stop)
+    try:
+        await server.serve()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        notifier.stopping()
+        assert engines.llm is not None
+        await engines.llm.close()
+        engines.close(wait=False)
+    return 0
+
+
 async def _transcribe(args: argparse.Namespace, config: Config) -> int:
     audio = read_wav(args.wav).resampled(INPUT_RATE_HZ)
     engines = load_engines(config, frozenset({"asr"}))
@@ -378,6 +413,7 @@ _COMMANDS = {
     "transcribe": _transcribe,
     "bench": _bench,
     "models": models_command,
+    "serve": _serve,
 }
 
 

@@ -113,6 +113,10 @@ class AsrConfig:
     """CPU cores for recognition, e.g. [0, 1]; auto uses every core (the LLM is idle meanwhile)."""
 
 
+DEFAULT_TYPED_SYSTEM_PROMPT = (
+    "You are a helpful assistant running on a small computer in someone's home, with no internet access. "
+    "Answer in the language of the question. Use Markdown where it helps: lists, tables, code blocks."
+)
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful voice assistant on a small computer in someone's home. "
     "Your words are spoken aloud, so answer in one to three short sentences of plain text: "
@@ -248,6 +252,8 @@ class HttpConfig:
     llm.context_tokens for the answer."""
     max_reply_tokens: int = setting(512, min=1, max=32768)
     """Longest answer to a typed request, in tokens; a request may ask for fewer (max_tokens)."""
+    system_prompt: str = DEFAULT_TYPED_SYSTEM_PROMPT
+    """Instructions for typed chats that send no system message of their own."""
 
 
 @dataclass(frozen=True)

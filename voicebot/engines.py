@@ -42,11 +42,12 @@ class Engines:
     echo_canceller: EchoCanceller | None = None
     self_wake_guard: SelfWakeGuard | None = None
     workers: list[PinnedWorker] = field(default_factory=list)
+    paths: ModelPaths | None = None
 
     @classmethod
     def load(cls, config: Config, paths: ModelPaths, stages: frozenset[str] = ALL_STAGES) -> Engines:
         """Load the models for `stages`, each on its own thread pinned to its configured cores."""
-        engines = cls(config)
+        engines = cls(config, paths=paths)
         try:
             if "tts" in stages:
                 engines.tts_worker = engines._worker("tts", resolve_cores(config.tts.cores, "tts"))

@@ -15,7 +15,7 @@ import itertools
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 
@@ -95,7 +95,15 @@ class TurnEnded:
     reason: str
 
 
-Event = Heard | InputEnded | SourceFailed | PlaybackStarted | TurnEnded
+@dataclass(frozen=True)
+class SpeakText:
+    """Text from elsewhere (an answer typed on the web page) to say through the speaker, as it arrives."""
+
+    text: AsyncIterator[str]
+    language: str
+
+
+Event = Heard | InputEnded | SourceFailed | PlaybackStarted | TurnEnded | SpeakText
 
 
 class Inbox:
@@ -247,6 +255,45 @@ class Pipeline:
             await self._on_input_ended()
         elif isinstance(event, SourceFailed):
             raise event.error
+        elif isinstance(event, SpeakText):
+            self._on_speak_text(event)
+
+    def speak_text(self, text: AsyncIterator[str], language: str) -> bool:
+        """Say `text` as it arrives, unless the assistant is busy with a turn of its own (then False).
+
+        The wake word stops it, as it stops any reply.
+        """
+        if self._turn is not None or self.state is not State.IDLE:
+            return False
+        self._inbox.post(SpeakText(text, language))
+        return True
+
+    def _on_speak_text(self, event: SpeakText) -> None:
+        if self._turn is not None or self.state is not State.IDLE:
+            log.info("typed answer not spoken: a voice turn began first")
+            return
+        turn_id = next(self._turn_ids)
+        turn = Turn(turn_id, asyncio.Future(), HeldTracer(self.tracer, released=True), asyncio.Event())
+        turn.confirmed.set()
+        turn.task = asyncio.create_task(self._speak_text(turn, event), name=f"speak-{turn_id}")
+        self._turn = turn
+        self._set_state(State.THINKING, source="typed")
+
+    async def _speak_text(self, turn: Turn, event: SpeakText) -> None:
+        reason = "spoken"
+        try:
+            await self.responder.say_stream(
+                event.text, event.language, on_speaking=lambda heard_at: self._on_speaking(turn, heard_at)
+            )
+        except asyncio.CancelledError:
+            reason = "cancelled"
+            raise
+        except Exception as error:  # noqa: BLE001 - a failed typed answer must not stop the assistant
+            reason = "error"
+            log.error("speaking a typed answer failed: %s: %s", type(error).__name__, error)
+        finally:
+            turn.tracer.emit("turn_end", reason=reason)
+            self._inbox.post(TurnEnded(turn.id, reason))
 
     def _is_current(self, turn_id: int) -> bool:
         return self._turn is not None and self._turn.id == turn_id

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 from voicebot.audio import AudioChunk, AudioSink
 from voicebot.chunker import SentenceChunker
@@ -213,27 +213,55 @@ class Responder:
 
     async def say(self, text: str, language: str = "en") -> None:
         """Speak `text` as it is, piece by piece, within the same length cap as answers."""
+
+        async def whole() -> AsyncIterator[str]:
+            yield text
+
+        await self.say_stream(whole(), language)
+
+    async def say_stream(
+        self,
+        text: AsyncIterator[str],
+        language: str = "en",
+        on_speaking: Callable[[float], None] = lambda heard_at: None,
+    ) -> None:
+        """Speak text as it arrives (an answer being written elsewhere), within the same length cap as answers."""
         chunker = self._new_chunker(language)
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
         budget_s = self.config.conversation.max_reply_s
         spent_s = 0.0
-        all_pieces = chunker.feed(text) + chunker.flush()
-        for index, piece in enumerate(all_pieces):
+        said = 0
+
+        def admit(piece: str) -> bool:
+            nonlocal spent_s, said
             seconds = speech_seconds(piece, self.config.tts.length_scale)
-            if index and spent_s + seconds > budget_s:
-                log.warning(
-                    "text capped at %.0f s of speech (conversation.max_reply_s): said %d of %d pieces",
-                    budget_s,
-                    index,
-                    len(all_pieces),
-                )
-                self.tracer.emit("reply_capped", max_reply_s=budget_s, pieces=index)
-                break
+            if said and spent_s + seconds > budget_s:
+                log.warning("text capped at %.0f s of speech (conversation.max_reply_s), %d pieces", budget_s, said)
+                self.tracer.emit("reply_capped", max_reply_s=budget_s, pieces=said)
+                return False
             spent_s += seconds
+            said += 1
             self.tracer.emit("sentence", text=piece)
             pieces.put_nowait(piece)
-        pieces.put_nowait(None)
-        await self._speak(pieces, self.tracer, SpokenPieces(), language)
+            return True
+
+        async def feed() -> None:
+            try:
+                async for part in text:
+                    if not all(admit(piece) for piece in chunker.feed(part)):
+                        return
+                all(admit(piece) for piece in chunker.flush())
+            finally:
+                pieces.put_nowait(None)
+
+        feeder = asyncio.create_task(feed())
+        try:
+            await self._speak(pieces, self.tracer, SpokenPieces(), language, on_speaking=on_speaking)
+            await feeder
+        finally:
+            if not feeder.done():
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
 
     async def _write(
         self, generation: Generation, pieces: asyncio.Queue[str | None], tracer: Tracer | HeldTracer, language: str
