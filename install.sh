@@ -500,7 +500,7 @@ fi
 
 stage docs "the documentation in $doc_dir"
 install -d "$doc_dir"
-install -m 0644 "$source_dir"/docs/*.md "$source_dir/README.md" "$doc_dir/"
+install -m 0644 "$source_dir"/docs/*.md "$source_dir/README.md" "$source_dir/systemd/voicebot-lan.conf" "$doc_dir/"
 done_ "installed the documentation in $doc_dir"
 
 # The service.

@@ -13,6 +13,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from voicebot.audio import (
     AudioSink,
@@ -32,6 +33,9 @@ from voicebot.models import resolve_models
 from voicebot.pipeline import Pipeline
 from voicebot.systemd import SystemdNotifier
 from voicebot.trace import Tracer
+
+if TYPE_CHECKING:
+    from voicebot.http.app import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,27 @@ def load_engines(config: Config, stages: frozenset[str] = STAGES) -> Engines:
         engines.close()
         raise
     return engines
+
+
+def check_config(config: Config) -> None:
+    """Settings that only make sense together, checked before any model loads."""
+    if config.http.enabled:
+        from voicebot.http.app import check_http_config
+
+        check_http_config(config.http)
+
+
+@dataclass
+class RunningHttp:
+    """The HTTP server beside one pipeline."""
+
+    server: HttpServer
+    task: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        """Let open requests finish for a moment, then stop listening."""
+        self.server.stop()
+        await asyncio.gather(self.task, return_exceptions=True)
 
 
 class Assistant:
@@ -141,6 +166,7 @@ class Assistant:
         engines: Engines | None = None
         try:
             started = time.monotonic()
+            check_config(self.config)
             self.notifier.status("loading models")
             engines = await self._load(self.config)
             if engines is None:
@@ -195,6 +221,7 @@ class Assistant:
             engines, self.source, self.sink, self.tracer, timeline=self.timeline, on_listening=self._on_listening
         )
         running = asyncio.create_task(self._listen(pipeline), name="pipeline")
+        http = self._start_http(engines, pipeline)
         try:
             while True:
                 stop = asyncio.create_task(self._stop.wait())
@@ -215,12 +242,39 @@ class Assistant:
         finally:
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
+            if http is not None:
+                await http.stop()
+            if engines.llm is not None:
+                await engines.llm.close()
+
+    def _start_http(self, engines: Engines, pipeline: Pipeline) -> RunningHttp | None:
+        """Serve the API and the chat page beside the voice loop, if http.enabled; a failure to listen is
+        logged, and the voice loop goes on."""
+        if not self.config.http.enabled:
+            return None
+        from voicebot.http.app import HttpServer, VoiceLink, create_app
+
+        voice = VoiceLink(state=lambda: pipeline.state.value, speak=pipeline.speak_text)
+        server = HttpServer(
+            create_app(engines, self.config, voice),
+            self.config.http,
+            on_started=lambda url: log.info("serving the chat page and the API on %s", url),
+        )
+        return RunningHttp(server, asyncio.create_task(self._serve_http(server), name="http"))
+
+    async def _serve_http(self, server) -> None:
+        try:
+            await server.serve()
+        except VoicebotError as error:
+            log.error("%s; the voice loop goes on without it", error)
+            self.tracer.emit("http_failed", error=str(error))
 
     async def _prepare_reload(self) -> tuple[Config, Engines] | None:
         """Read the config again and load its models while the old ones keep answering; None if refused."""
         self.notifier.reloading()
         try:
             config = load_config(self.options.config_path, self.options.overrides)
+            check_config(config)
             engines = await asyncio.to_thread(load_engines, config)
         except VoicebotError as error:
             log.error("config reload refused, the old config stays in effect: %s", error)

@@ -90,9 +90,71 @@ def run_checks(options: CheckOptions) -> list[Finding]:
     findings += check_pinning(config)
     findings += check_memory(config)
     findings += check_sound_server()
+    findings += check_http(config)
     if options.audio:
         findings += check_audio_devices(config)
     return findings
+
+
+SYSTEM_UNIT = Path("/etc/systemd/system/voicebot.service")
+
+
+def check_http(config: Config, unit: Path = SYSTEM_UNIT) -> list[Finding]:
+    """The chat page and API: a safe address, a free port, and a unit that lets the LAN in when asked to."""
+    from voicebot.http.app import check_http_config, is_loopback
+
+    http = config.http
+    if not http.enabled:
+        return [Finding("http", Status.OK, "off (http.enabled: false); voicebot serve serves the chat page alone")]
+    try:
+        check_http_config(http)
+    except VoicebotError as error:
+        return [Finding("http", Status.FAIL, str(error).removeprefix("config error: "), "set http.token")]
+    url = f"http://{http.host if ':' not in http.host else f'[{http.host}]'}:{http.port}/"
+    findings = [_port_finding(http.host, http.port, url)]
+    if not is_loopback(http.host) and unit.exists():
+        drop_ins = unit.parent / f"{unit.name}.d"
+        allowed = any("IPAddressAllow=" in p.read_text(errors="replace") for p in sorted(drop_ins.glob("*.conf")))
+        if not allowed:
+            findings.append(
+                Finding(
+                    "http",
+                    Status.WARN,
+                    f"http.host is {http.host}, but {unit} lets only loopback through (IPAddressAllow=localhost)",
+                    f"install the drop-in: sudo install -D -m 0644 voicebot-lan.conf {drop_ins}/lan.conf "
+                    "(it is beside the docs), then systemctl daemon-reload and restart voicebot",
+                )
+            )
+    return findings
+
+
+def _port_finding(host: str, port: int, url: str) -> Finding:
+    import json
+    import socket
+    import urllib.request
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            bind_error = error
+        else:
+            return Finding("http", Status.OK, f"{url} is free to serve the chat page and the API")
+    try:
+        with urllib.request.urlopen(f"{url}health", timeout=2) as response:
+            health = json.loads(response.read())
+        if isinstance(health, dict) and health.get("status") == "ok" and "model" in health:
+            return Finding("http", Status.OK, f"a voicebot is serving {url} (state {health.get('state')})")
+    except (OSError, ValueError):
+        pass
+    return Finding(
+        "http",
+        Status.FAIL,
+        f"cannot listen on {url}: {bind_error.strerror or bind_error}",
+        "another program holds the port, or the address is not this machine's: set http.port or http.host",
+    )
 
 
 def report(findings: list[Finding]) -> str:

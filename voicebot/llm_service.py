@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import enum
 import heapq
@@ -19,7 +20,7 @@ import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from voicebot.errors import VoicebotError
 from voicebot.llm import ChatModel, Interrupted, KvState, PromptCost, Sampling, StopCheck
@@ -232,6 +233,7 @@ class LlmService:
         self._scheduler: asyncio.Task[None] | None = None
         self._saved: collections.OrderedDict[str, KvState] = collections.OrderedDict()
         self._cache_owner: str | None = None  # worker only
+        self._voice_holds = 0
         self.kv_restores = 0
         self.kv_saves = 0
 
@@ -283,6 +285,27 @@ class LlmService:
         self._enqueue(job)
         return job.result
 
+    @contextlib.contextmanager
+    def voice_turn(self) -> Iterator[None]:
+        """While a voice question is being transcribed, only voice jobs start, and a typed or background job
+        that is running gives way at its next token: the cores go to speech recognition, and the model is
+        free the moment the question is known."""
+        self._voice_holds += 1
+        running = self._running
+        if running is not None and running.priority > Priority.VOICE:
+            running.preempt.set()
+        try:
+            yield
+        finally:
+            self._voice_holds -= 1
+            if self._arrived is not None:
+                self._arrived.set()
+
+    def _may_start_next(self) -> bool:
+        if not self._waiting:
+            return False
+        return not self._voice_holds or self._waiting[0][1].priority is Priority.VOICE
+
     def _enqueue(self, job: _Job) -> None:
         heapq.heappush(self._waiting, (job.sort_key(), job))
         running = self._running
@@ -307,7 +330,7 @@ class LlmService:
     async def _schedule(self) -> None:
         assert self._arrived is not None
         while True:
-            while not self._waiting:
+            while not self._may_start_next():
                 self._arrived.clear()
                 await self._arrived.wait()
             _, job = heapq.heappop(self._waiting)
@@ -323,7 +346,7 @@ class LlmService:
             finally:
                 self._running = None
             if outcome == "preempted":
-                log.info("a typed request gave way to a voice turn; it resumes next")
+                log.info("a typed request gave way to a voice turn; it resumes after it")
                 heapq.heappush(self._waiting, (job.sort_key(), job))
 
     async def close(self) -> None:

@@ -492,10 +492,12 @@ class Pipeline:
         reason = "answered"
         tracer, confirmed = turn.tracer, turn.confirmed
         try:
-            transcriber, asr_worker = self.engines.transcriber, self.engines.asr_worker
-            assert transcriber is not None and asr_worker is not None
+            transcriber, asr_worker, llm = self.engines.transcriber, self.engines.asr_worker, self.engines.llm
+            assert transcriber is not None and asr_worker is not None and llm is not None
             started = tracer.clock.now()
-            transcript = await asr_worker.run(transcriber.transcribe, audio)
+            # Typed requests wait meanwhile; respond() queues the voice job before the scheduler runs again.
+            with llm.voice_turn():
+                transcript = await asr_worker.run(transcriber.transcribe, audio)
             asr_s = round(tracer.clock.now() - started, 4)
             tracer.emit("transcript", text=transcript.text, language=transcript.language, asr_s=asr_s)
             if not transcript.text:

@@ -265,11 +265,13 @@ class ChatApi:
     ) -> AsyncIterator[bytes]:
         stop = StopMatcher(chat_request.stop)
         started = time.monotonic()
-        finish_reason = "stop"
+        finish_reason = "client_left"
+        pieces = 0
         try:
             async with generation:
                 yield sse(completion.chunk({"role": "assistant", "content": ""}))
                 async for piece in generation:
+                    pieces += 1
                     text = stop.feed(piece)
                     if text:
                         yield sse(completion.chunk({"content": text}))
@@ -288,13 +290,17 @@ class ChatApi:
                     yield sse(completion.usage_chunk(self._usage(generation)))
                 yield sse("[DONE]")
         except (VoicebotError, ApiError) as error:
+            finish_reason = "error"
             api_error = _as_api_error(error)
             log.warning("a streamed answer failed: %s", api_error.message)
             yield sse(api_error.body())
         finally:
             if spoken is not None:
                 spoken.put_nowait(None)
-            self._log_answer(generation, started, finish_reason)
+            if finish_reason == "client_left":
+                log.info("the client left after %d pieces of a streamed answer; stopped generating it", pieces)
+            else:
+                self._log_answer(generation, started, finish_reason)
 
     async def _whole(
         self,

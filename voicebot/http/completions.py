@@ -97,8 +97,7 @@ def parse_json(body: bytes) -> dict[str, Any]:
 def parse_chat_request(body: dict[str, Any], limits: Limits) -> ChatRequest:
     """Check every field a chat completion request may carry; raises ApiError naming the first bad one."""
     messages = _messages(body.get("messages"), limits)
-    n = _integer(body, "n", 1, 1)
-    if n not in (None, 1):
+    if _integer(body, "n", 1, None) not in (None, 1):
         raise invalid("n", "only one choice (n=1) is generated")
     max_tokens = _integer(body, "max_completion_tokens", 1, None)
     if max_tokens is None:
