@@ -39,6 +39,7 @@ START_TIMEOUT_S = 60
 ANSWER_TIMEOUT_MS = 30_000
 WAIT_MS = 5_000
 TOKEN = "s3cret"
+MAX_PROMPT_TOKENS = 512  # Small, so a history that outgrows it is quick to build and to evaluate.
 
 # Records every change of the newest answer: its state, whether the thinking indicator is in it, and its text.
 OBSERVE_ANSWERS = """
@@ -118,7 +119,7 @@ def log_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def server(log_dir: Path) -> Iterator[Server]:
-    server = _start_server(log_dir)
+    server = _start_server(log_dir, f"http.max_prompt_tokens={MAX_PROMPT_TOKENS}")
     yield server
     _stop_server(server)
 
@@ -147,7 +148,10 @@ class Page:
         self.page.fill("#question", question)
         self.page.press("#question", "Enter")
         answer = self.page.locator(".message.assistant").nth(count)
-        answer.and_(self.page.locator("[data-state=done], [data-state=cut]")).wait_for(timeout=ANSWER_TIMEOUT_MS)
+        ended = answer.and_(self.page.locator("[data-state=done], [data-state=cut]"))
+        error = self.page.locator("#error")
+        ended.or_(error).first.wait_for(timeout=ANSWER_TIMEOUT_MS)
+        assert error.is_hidden(), f"the page showed an error: {error.inner_text()}"
         return answer
 
     def history(self) -> list[dict]:
@@ -269,6 +273,17 @@ def test_errors_are_shown_in_one_line_and_the_question_is_kept(
     chat.page.press("#question", "Enter")
     sync_api.expect(error).to_have_text(re.compile(r"^Cannot reach voicebot \(.+\)\.$"))
     assert chat.page.input_value("#question") == "Hello?" and chat.history() == []
+
+
+def test_a_history_longer_than_the_context_still_gets_answers(server: Server, context: sync_api.BrowserContext) -> None:
+    chat = _open(context, server.url)
+    turn = "Tell me more about the weather in spring, in the hills, near the river. " * 4
+    stored = [{"role": role, "content": turn} for _ in range(6) for role in ("user", "assistant")]
+    chat.page.evaluate("h => localStorage.setItem('voicebot.history', JSON.stringify(h))", stored)
+    chat.page.reload()
+    assert chat.ask("What is the capital of France?").locator(".body").inner_text().strip()
+    assert chat.history()[:-2] == stored, "the page's own history lost turns"
+    assert chat.page.locator("#error").is_hidden()
 
 
 # SmolLM2-135M does not repeat HTML on a bare instruction (it explains it instead); after three examples of

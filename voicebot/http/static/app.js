@@ -313,7 +313,8 @@ async function ask(text) {
   answer.setAttribute("aria-busy", "true");
   scrollDown(true);
 
-  const body = { model, messages: history, stream: true };
+  // voicebot drops the oldest turns that no longer fit its context, rather than refusing the question.
+  const body = { model, messages: history, stream: true, truncation: "auto" };
   if (!ui.speakOption.hidden && ui.speak.checked) body.speak = true;
   const asked = conversation;
   running = new AbortController();
