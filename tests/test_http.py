@@ -221,6 +221,12 @@ def test_a_long_history_is_cut_to_fit_when_the_client_asks(client):
     assert reply.choices[0].message.content
     assert 1000 < reply.usage.prompt_tokens <= 1536
 
+    many = [{"role": "system", "content": "Be brief."}, *history * 3, {"role": "user", "content": "Say OK."}]
+    with pytest.raises(openai.BadRequestError, match="362 messages, more than the 200 allowed"):
+        client.chat.completions.create(model="any", messages=many, max_tokens=4)
+    kept = client.chat.completions.create(model="any", messages=many, max_tokens=4, extra_body={"truncation": "auto"})
+    assert kept.choices[0].message.content
+
 
 def test_a_client_that_leaves_mid_stream_stops_its_generation_at_once(server):
     body = {"messages": ask("Write a very long story about a dragon."), "stream": True, "max_tokens": 2000}

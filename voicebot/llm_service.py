@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import enum
 import heapq
@@ -20,7 +19,7 @@ import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
 from voicebot.errors import VoicebotError
 from voicebot.llm import ChatModel, Interrupted, KvState, PromptCost, Sampling, StopCheck
@@ -217,6 +216,25 @@ class Generation:
         await self.aclose()
 
 
+class VoiceHold:
+    """Typed and background work held back for a voice turn; release() once, early or late, ends it."""
+
+    def __init__(self, end: Callable[[], None]) -> None:
+        self._end: Callable[[], None] | None = end
+
+    def release(self) -> None:
+        """Let typed and background work run again (again does nothing)."""
+        if self._end is not None:
+            end, self._end = self._end, None
+            end()
+
+    def __enter__(self) -> VoiceHold:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
 class LlmService:
     """Owns the chat model's use: queue, priorities, pre-emption, and a KV cache per conversation."""
 
@@ -285,21 +303,20 @@ class LlmService:
         self._enqueue(job)
         return job.result
 
-    @contextlib.contextmanager
-    def voice_turn(self) -> Iterator[None]:
-        """While a voice question is being transcribed, only voice jobs start, and a typed or background job
-        that is running gives way at its next token: the cores go to speech recognition, and the model is
-        free the moment the question is known."""
+    def hold_for_voice(self) -> VoiceHold:
+        """From now until the hold is released, only voice jobs start, and a typed or background job that
+        is running gives way at its next token: while a voice question is transcribed and its answer's
+        first sentence written and synthesised, the cores (and Python's GIL) are the voice turn's."""
         self._voice_holds += 1
         running = self._running
         if running is not None and running.priority > Priority.VOICE:
             running.preempt.set()
-        try:
-            yield
-        finally:
-            self._voice_holds -= 1
-            if self._arrived is not None:
-                self._arrived.set()
+        return VoiceHold(self._end_voice_hold)
+
+    def _end_voice_hold(self) -> None:
+        self._voice_holds -= 1
+        if self._arrived is not None:
+            self._arrived.set()
 
     def _may_start_next(self) -> bool:
         if not self._waiting:

@@ -491,13 +491,19 @@ class Pipeline:
         """One turn: transcribe, then answer. It only reports to the supervisor; it never sets the state."""
         reason = "answered"
         tracer, confirmed = turn.tracer, turn.confirmed
+        assert self.engines.llm is not None
+        # Typed requests wait from the start of transcription until this answer is heard.
+        hold = self.engines.llm.hold_for_voice()
+
+        def on_speaking(heard_at: float) -> None:
+            hold.release()
+            self._on_speaking(turn, heard_at)
+
         try:
-            transcriber, asr_worker, llm = self.engines.transcriber, self.engines.asr_worker, self.engines.llm
-            assert transcriber is not None and asr_worker is not None and llm is not None
+            transcriber, asr_worker = self.engines.transcriber, self.engines.asr_worker
+            assert transcriber is not None and asr_worker is not None
             started = tracer.clock.now()
-            # Typed requests wait meanwhile; respond() queues the voice job before the scheduler runs again.
-            with llm.voice_turn():
-                transcript = await asr_worker.run(transcriber.transcribe, audio)
+            transcript = await asr_worker.run(transcriber.transcribe, audio)
             asr_s = round(tracer.clock.now() - started, 4)
             tracer.emit("transcript", text=transcript.text, language=transcript.language, asr_s=asr_s)
             if not transcript.text:
@@ -512,7 +518,7 @@ class Pipeline:
                 language=transcript.language,
                 tracer=tracer,
                 may_speak=confirmed,
-                on_speaking=lambda heard_at: self._on_speaking(turn, heard_at),
+                on_speaking=on_speaking,
             )
             log.info("heard: %s / replied: %s", transcript.text, reply)
         except asyncio.CancelledError:
@@ -526,6 +532,7 @@ class Pipeline:
             log.error("turn failed: %s: %s", type(error).__name__, error)
             log.debug("turn failure details", exc_info=True)
         finally:
+            hold.release()
             if reason != "cancelled":
                 await confirmed.wait()  # An early turn ends only once its question has.
             tracer.emit("turn_end", reason=reason)

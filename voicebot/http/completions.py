@@ -7,6 +7,7 @@ place and reads as a table.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import time
@@ -96,7 +97,10 @@ def parse_json(body: bytes) -> dict[str, Any]:
 
 def parse_chat_request(body: dict[str, Any], limits: Limits) -> ChatRequest:
     """Check every field a chat completion request may carry; raises ApiError naming the first bad one."""
-    messages = _messages(body.get("messages"), limits)
+    truncation = body.get("truncation", "disabled")
+    if truncation not in ("auto", "disabled"):
+        raise invalid("truncation", f"expected 'auto' or 'disabled', got {truncation!r}")
+    messages = _messages(body.get("messages"), limits, truncate=truncation == "auto")
     if _integer(body, "n", 1, None) not in (None, 1):
         raise invalid("n", "only one choice (n=1) is generated")
     max_tokens = _integer(body, "max_completion_tokens", 1, None)
@@ -105,9 +109,6 @@ def parse_chat_request(body: dict[str, Any], limits: Limits) -> ChatRequest:
     stream_options = body.get("stream_options")
     if stream_options is not None and not isinstance(stream_options, dict):
         raise invalid("stream_options", f"expected an object, got {_json_type(stream_options)}")
-    truncation = body.get("truncation", "disabled")
-    if truncation not in ("auto", "disabled"):
-        raise invalid("truncation", f"expected 'auto' or 'disabled', got {truncation!r}")
     for unsupported in ("tools", "functions", "tool_choice", "response_format", "logprobs"):
         if body.get(unsupported) not in (None, False, [], {"type": "text"}):
             raise ApiError(400, f"{unsupported} is not supported by this server", code="unsupported", param=unsupported)
@@ -125,7 +126,7 @@ def parse_chat_request(body: dict[str, Any], limits: Limits) -> ChatRequest:
     )
 
 
-def _messages(value: Any, limits: Limits) -> list[dict[str, str]]:
+def _messages(value: Any, limits: Limits, truncate: bool) -> list[dict[str, str]]:
     if value is None:
         raise ApiError(
             400,
@@ -137,6 +138,8 @@ def _messages(value: Any, limits: Limits) -> list[dict[str, str]]:
         raise invalid("messages", f"expected a list of {{role, content}} objects, got {_json_type(value)}")
     if not value:
         raise invalid("messages", "the list is empty; send at least one user message")
+    if len(value) > limits.max_messages and truncate:
+        value = _latest(value, limits.max_messages)
     if len(value) > limits.max_messages:
         raise ApiError(
             400,
@@ -160,6 +163,16 @@ def _messages(value: Any, limits: Limits) -> list[dict[str, str]]:
         content = _content(message.get("content"), f"{where}.content")
         messages.append({"role": "system" if role == "developer" else role, "content": content})
     return messages
+
+
+def _latest(messages: list[Any], cap: int) -> list[Any]:
+    """The system messages at the start, then the latest messages: `cap` in all."""
+
+    def is_system(message: Any) -> bool:
+        return isinstance(message, dict) and message.get("role") in ("system", "developer")
+
+    leading = list(itertools.takewhile(is_system, messages))[: cap - 1]
+    return leading + messages[len(messages) - (cap - len(leading)) :]
 
 
 def _content(value: Any, where: str) -> str:
