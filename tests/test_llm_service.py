@@ -165,3 +165,29 @@ def test_sampling_is_per_request(chat, worker):
     short, again, longer = run(scenario())
     assert len(chat.tokens_of(short)) <= 5 and short == again
     assert longer.startswith(short) and len(longer) > len(short)
+
+
+def test_a_voice_hold_pauses_typed_work_at_its_next_token_until_released(chat, worker):
+    async def scenario():
+        service = LlmService(chat, worker)
+        order: list[str] = []
+        long_answer = Sampling(max_tokens=60, temperature=0.0, seed=1)
+        typed = asyncio.create_task(
+            collect(service.generate("web", asking("Tell me about the history of bread."), long_answer), order, "typed")
+        )
+        while order.count("typed") < 5:  # noqa: ASYNC110 - waits on a list the stream fills
+            await asyncio.sleep(0.005)
+        hold = service.hold_for_voice()
+        await asyncio.sleep(0.3)  # as long as a transcription: nothing typed may be written meanwhile
+        during_hold = order.count("typed")
+        waiting = service.queue_length
+        hold.release()
+        hold.release()  # a second release changes nothing
+        text = await typed
+        await service.close()
+        return order, during_hold, waiting, text
+
+    order, during_hold, waiting, text = run(scenario())
+    # It stopped within a token of the hold, waited (queued again) and then finished its 60 tokens.
+    assert 5 <= during_hold <= 7 and waiting == 1
+    assert order.count("typed") == 60 and text
