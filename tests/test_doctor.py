@@ -143,3 +143,48 @@ def test_models_that_are_present_but_not_what_was_published_are_caught(tmp_path)
     [hashes] = lines_marked(result.stdout, "FAIL")
     assert hashes.startswith("[FAIL] model hashes:") and "qwen2.5-0.5b-instruct-q4_k_m.gguf: wrong size" in hashes
     assert "fix: fetch them again: voicebot models fetch" in result.stdout
+
+
+def http_config(**http) -> object:
+    return config_from_dict({"profile": "bundled", "http": {"enabled": True, **http}})
+
+
+def test_http_off_enabled_free_unsafe_or_taken_are_told_apart(tmp_path):
+    import socket
+
+    from voicebot.doctor import check_http
+    from voicebot.http.app import is_loopback
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    [off] = check_http(config_from_dict({"profile": "bundled"}))
+    [free] = check_http(http_config(port=free_port))
+    [unsafe] = check_http(http_config(host="0.0.0.0", port=free_port))
+    with socket.socket() as holder:  # another program on the port, one that is not a voicebot
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        [taken] = check_http(http_config(port=holder.getsockname()[1]))
+
+    assert off.status is Status.OK and "off" in off.found
+    assert free.status is Status.OK and f"127.0.0.1:{free_port}/ is free" in free.found
+    assert unsafe.status is Status.FAIL and "http.token is not set" in unsafe.found and "http.token" in unsafe.fix
+    assert taken.status is Status.FAIL and "cannot listen" in taken.found and "http.port" in taken.fix
+    assert is_loopback("::1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
+
+
+def test_a_lan_address_under_the_system_unit_needs_the_drop_in(tmp_path):
+    from voicebot.doctor import check_http
+
+    unit = tmp_path / "voicebot.service"
+    unit.write_text("[Service]\nIPAddressDeny=any\nIPAddressAllow=localhost\n")
+    config = http_config(host="0.0.0.0", token="s3cret", port=1)  # port 1: not bindable, not the point here
+
+    without = check_http(config, unit)
+    (tmp_path / "voicebot.service.d").mkdir()
+    (tmp_path / "voicebot.service.d" / "lan.conf").write_text("[Service]\nIPAddressAllow=192.168.0.0/16\n")
+    with_drop_in = check_http(config, unit)
+
+    assert [f.status for f in without if "IPAddressAllow" in f.found] == [Status.WARN]
+    assert "voicebot-lan.conf" in without[-1].fix
+    assert not [f for f in with_drop_in if "IPAddressAllow" in f.found]
