@@ -81,3 +81,37 @@ def test_short_bench_reports_every_figure(tmp_path):
     assert filled.startswith("# Bench\n") and filled.endswith("After.\n")
     for heading in ("#### Barge-in", "#### Each reference turn", "#### One conversation of 5 turns"):
         assert heading in filled
+
+
+def test_the_voice_and_typed_bench_reports_every_figure(tmp_path):
+    """One round of python -m voicebot.bench_http: it works and reports each figure; no timing is asserted."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    output = tmp_path / "bench-http.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "voicebot.bench_http",
+            "--rounds",
+            "1",
+            "--set",
+            "profile=bundled",
+            "--json",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(output.read_text())
+    assert set(report["medians_s"]) == {"http_alone", "http_during_voice", "voice_alone", "voice_with_streams"}
+    assert all(value > 0 for value in report["medians_s"].values())
+    assert report["typed_llm_step_s"] > 0 and "voice_delay_in_llm_steps" in report
+    assert "gave way to a voice turn" in result.stderr

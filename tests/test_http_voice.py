@@ -71,7 +71,9 @@ def test_a_voice_turn_goes_first_while_eight_http_streams_are_open(tmp_path, spe
         wait_for(lambda: len(named(events(trace), "wake")) >= 3, 60, "the third wake word", voicebot)
 
         body = {
-            "messages": [{"role": "user", "content": "Write a very long story about a dragon, at least ten paragraphs."}],
+            "messages": [
+                {"role": "user", "content": "Write a very long story about a dragon, at least ten paragraphs."}
+            ],
             "stream": True,
             "max_tokens": 500,
             "temperature": 0,
@@ -147,3 +149,42 @@ def test_a_voice_turn_goes_first_while_eight_http_streams_are_open(tmp_path, spe
     )
     # Without the voice-first scheduler the second turn would wait for 8 answers of up to 500 tokens (~30 s).
     assert with_streams < alone + 1.0
+
+
+@pytest.mark.slow
+def test_an_answer_typed_on_the_page_can_be_spoken_through_the_speaker(tmp_path):
+    from faster_whisper import WhisperModel
+
+    from voicebot.config import config_from_dict
+    from voicebot.models import resolve_asr
+
+    wav = build_wav(tmp_path / "input.wav", [40.0])  # a quiet room
+    trace, reply = tmp_path / "trace.jsonl", tmp_path / "reply.wav"
+    options = ["--set", "profile=bundled", "--set", "http.enabled=true", "--input", str(wav)]
+    voicebot = ServerProcess("run", [*options, "--output", str(reply), "--trace", str(trace)], tmp_path / "run.log")
+    voicebot.wait_ready()
+    try:
+        assert httpx.get(f"{voicebot.url}health", timeout=5).json()["can_speak"] is True
+        body = {
+            "messages": [
+                {"role": "system", "content": "Repeat the user's sentence exactly, with nothing else."},
+                {"role": "user", "content": "The garden is full of yellow flowers."},
+            ],
+            "temperature": 0,
+            "max_tokens": 30,
+            "speak": True,
+        }
+        answer = httpx.post(f"{voicebot.url}v1/chat/completions", json=body, timeout=60).json()
+        text = answer["choices"][0]["message"]["content"]
+        wait_for(lambda: named(events(trace), "turn_end"), 60, "the spoken answer's end", voicebot)
+        states = [e["state"] for e in named(events(trace), "state")]
+    finally:
+        assert voicebot.stop() == 0, voicebot.log()
+
+    assert named(events(trace), "turn_end")[0]["reason"] == "spoken"
+    assert "speaking" in states and states[-1] == "idle", states
+    model_dir = resolve_asr(config_from_dict({"profile": "bundled"}))
+    whisper = WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=2)
+    heard = " ".join(s.text for s in whisper.transcribe(str(reply), language="en", beam_size=1)[0]).lower()
+    said = {w for w in text.lower().replace(".", " ").split() if len(w) > 3}
+    assert said and len(said & set(heard.replace(".", " ").replace(",", " ").split())) >= len(said) // 2, (text, heard)

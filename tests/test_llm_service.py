@@ -177,17 +177,18 @@ def test_a_voice_hold_pauses_typed_work_at_its_next_token_until_released(chat, w
         )
         while order.count("typed") < 5:  # noqa: ASYNC110 - waits on a list the stream fills
             await asyncio.sleep(0.005)
-        hold = service.hold_for_voice()
+        hold = service.hold_for_voice("voice")
         await asyncio.sleep(0.3)  # as long as a transcription: nothing typed may be written meanwhile
         during_hold = order.count("typed")
         waiting = service.queue_length
+        switched_ahead = service.kv_saves  # the web chat's cache was put aside for the voice turn's meanwhile
         hold.release()
         hold.release()  # a second release changes nothing
         text = await typed
         await service.close()
-        return order, during_hold, waiting, text
+        return order, during_hold, waiting, switched_ahead, text
 
-    order, during_hold, waiting, text = run(scenario())
+    order, during_hold, waiting, switched_ahead, text = run(scenario())
     # It stopped within a token of the hold, waited (queued again) and then finished its 60 tokens.
-    assert 5 <= during_hold <= 7 and waiting == 1
+    assert 5 <= during_hold <= 7 and waiting == 1 and switched_ahead == 1
     assert order.count("typed") == 60 and text

@@ -252,6 +252,7 @@ class LlmService:
         self._saved: collections.OrderedDict[str, KvState] = collections.OrderedDict()
         self._cache_owner: str | None = None  # worker only
         self._voice_holds = 0
+        self._switch_wanted: str | None = None
         self.kv_restores = 0
         self.kv_saves = 0
 
@@ -303,14 +304,20 @@ class LlmService:
         self._enqueue(job)
         return job.result
 
-    def hold_for_voice(self) -> VoiceHold:
+    def hold_for_voice(self, conversation: str) -> VoiceHold:
         """From now until the hold is released, only voice jobs start, and a typed or background job that
         is running gives way at its next token: while a voice question is transcribed and its answer's
-        first sentence written and synthesised, the cores (and Python's GIL) are the voice turn's."""
+        first sentence written and synthesised, the cores (and Python's GIL) are the voice turn's.
+
+        Meanwhile the model turns to `conversation`'s KV cache, so the voice job does not wait for that.
+        """
         self._voice_holds += 1
+        self._switch_wanted = conversation
         running = self._running
         if running is not None and running.priority > Priority.VOICE:
             running.preempt.set()
+        if self._arrived is not None:
+            self._arrived.set()
         return VoiceHold(self._end_voice_hold)
 
     def _end_voice_hold(self) -> None:
@@ -348,6 +355,10 @@ class LlmService:
         assert self._arrived is not None
         while True:
             while not self._may_start_next():
+                if self._voice_holds and self._switch_wanted is not None:
+                    conversation, self._switch_wanted = self._switch_wanted, None
+                    await self.worker.run(self._switch_to_quietly, conversation)
+                    continue
                 self._arrived.clear()
                 await self._arrived.wait()
             _, job = heapq.heappop(self._waiting)
@@ -387,6 +398,12 @@ class LlmService:
             job.abandon(error)
             return "failed"
         return job.run(self.chat)
+
+    def _switch_to_quietly(self, conversation: str) -> None:
+        try:
+            self._switch_to(conversation)
+        except VoicebotError as error:
+            log.warning("could not turn to the voice conversation's KV cache ahead of its turn: %s", error)
 
     def _switch_to(self, conversation: str) -> None:
         """Keep the KV cache of the conversation the model leaves; bring back the one it turns to."""

@@ -23,7 +23,7 @@ from voicebot.audio import AudioChunk, AudioSink, AudioSource, PlaybackTimeline
 from voicebot.earcons import Earcon, Earcons
 from voicebot.engines import Engines
 from voicebot.errors import AudioDeviceError, VoicebotError
-from voicebot.reply import Responder
+from voicebot.reply import VOICE_CONVERSATION, Responder
 from voicebot.trace import HeldTracer, Tracer
 from voicebot.vad import Endpoint, EndpointKind
 from voicebot.wake import WakeDetection
@@ -493,7 +493,7 @@ class Pipeline:
         tracer, confirmed = turn.tracer, turn.confirmed
         assert self.engines.llm is not None
         # Typed requests wait from the start of transcription until this answer is heard.
-        hold = self.engines.llm.hold_for_voice()
+        hold = self.engines.llm.hold_for_voice(VOICE_CONVERSATION)
 
         def on_speaking(heard_at: float) -> None:
             hold.release()

@@ -43,6 +43,7 @@ from voicebot.http.completions import (
 )
 from voicebot.llm import ChatModel, Sampling
 from voicebot.llm_service import Generation, LlmBusyError, LlmStoppedError, Priority
+from voicebot.tts import language_of
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,8 @@ class VoiceLink:
     """What the voice loop offers typed chats: its state, and its speaker for answers asked to be spoken."""
 
     state: Callable[[], str]
-    speak: Callable[[AsyncIterator[str]], bool] | None = None
-    """Say text as it arrives; False when the voice loop is busy with a turn of its own."""
+    speak: Callable[[AsyncIterator[str], str], bool] | None = None
+    """Say text (in a language) as it arrives; False when the voice loop is busy with a turn of its own."""
 
 
 class ChatApi:
@@ -251,7 +252,8 @@ class ChatApi:
             while (piece := await pieces.get()) is not None:
                 yield piece
 
-        if not self.voice.speak(text()):
+        question = next((m["content"] for m in reversed(chat_request.messages) if m["role"] == "user"), "")
+        if not self.voice.speak(text(), language_of(question)):
             log.info("a typed answer was not spoken: the voice loop is busy with a turn")
             return None
         return pieces
