@@ -111,6 +111,16 @@ class AsrConfig:
     also above no_speech_prob_max."""
     cores: Cores = "auto"
     """CPU cores for recognition, e.g. [0, 1]; auto uses every core (the LLM is idle meanwhile)."""
+    backend: Literal["local", "wyoming"] = "local"
+    """Where speech is recognised: local (faster-whisper here) or wyoming (a Wyoming speech-to-text
+    server at asr.url, such as Home Assistant's Whisper add-on or another voicebot's)."""
+    url: Optional[str] = None
+    """The Wyoming server for backend wyoming, as tcp://host:port (speech-to-text usually on 10300)."""
+    timeout_s: float = setting(15.0, min=0.5, max=300.0)
+    """A remote transcription not done within this many seconds is abandoned."""
+    fallback: bool = True
+    """With backend wyoming, also load the local model and use it when the server cannot be reached,
+    fails or is too slow; off, such a turn ends with the error tone and an apology."""
 
 
 DEFAULT_TYPED_SYSTEM_PROMPT = (
@@ -160,6 +170,21 @@ class LlmConfig:
     kv_cache_slots: int = setting(4, min=0, max=64)
     """Conversations (the voice one, each web chat) whose KV cache is kept when the model turns to
     another, so coming back evaluates no history again; a few MB each. 0 keeps none."""
+    backend: Literal["local", "openai"] = "local"
+    """Where answers are written: local (llama.cpp here) or openai (any OpenAI-compatible server at
+    llm.url: llama.cpp's llama-server, Ollama, vLLM, another voicebot's /v1)."""
+    url: Optional[str] = None
+    """The server's API base for backend openai, such as http://192.168.1.20:8080/v1."""
+    model: Optional[str] = None
+    """The model to ask for, for backend openai; null for the server's first model."""
+    api_key: Optional[str] = None
+    """Bearer token for backend openai, if the server needs one."""
+    timeout_s: float = setting(10.0, min=0.5, max=300.0)
+    """A remote LLM that has not started answering within this many seconds is given up on (between
+    tokens, stall_timeout_s applies)."""
+    fallback: bool = True
+    """With backend openai, also load the local model and use it when the server cannot be reached,
+    fails or stalls; off, such a turn ends with the error tone and an apology."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +201,17 @@ class TtsConfig:
     """Longer pieces of text are split before synthesis, so speech never waits long."""
     cores: Cores = "auto"
     """CPU cores for synthesis; one thread per core. auto: core 0."""
+    backend: Literal["local", "wyoming"] = "local"
+    """Where speech is synthesised: local (Piper here) or wyoming (a Wyoming TTS server at tts.url)."""
+    url: Optional[str] = None
+    """The Wyoming server for backend wyoming, as tcp://host:port (TTS usually on 10200)."""
+    voice: Optional[str] = None
+    """The remote server's voice to ask for, for backend wyoming; null for its default."""
+    timeout_s: float = setting(10.0, min=0.5, max=300.0)
+    """A remote synthesis that sends no audio for this many seconds is abandoned."""
+    fallback: bool = True
+    """With backend wyoming, also load the local voices and use them when the server cannot be
+    reached, fails or is too slow; off, such a turn ends with the error tone."""
 
 
 @dataclass(frozen=True)
@@ -257,6 +293,25 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class WyomingConfig:
+    """voicebot wyoming: this machine's speech recognition, TTS and LLM, served over the Wyoming protocol."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on; use 0.0.0.0 for Home Assistant on another machine."""
+    asr_port: int = setting(10300, min=1, max=65535)
+    """Port for speech-to-text (faster-whisper)."""
+    tts_port: int = setting(10200, min=1, max=65535)
+    """Port for text-to-speech (Piper)."""
+    handle_port: int = setting(10500, min=1, max=65535)
+    """Port for the LLM as a conversation agent (Wyoming handle)."""
+    zeroconf: bool = True
+    """Announce the servers as _wyoming._tcp on the network when host is not loopback, so Home
+    Assistant discovers them."""
+    max_audio_s: float = setting(60.0, min=1.0, max=600.0)
+    """Longest audio one transcription may send; more is refused."""
+
+
+@dataclass(frozen=True)
 class Config:
     """All of voicebot's settings."""
 
@@ -272,6 +327,7 @@ class Config:
     earcons: EarconsConfig = field(default_factory=EarconsConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    wyoming: WyomingConfig = field(default_factory=WyomingConfig)
     source: str = field(default="built-in defaults", compare=False, metadata={"internal": True})
     """Where the settings came from, for messages."""
 
