@@ -44,7 +44,7 @@ def test_on_this_machine_only_the_missing_sound_card_is_a_problem():
     problems = lines_marked(result.stdout, "FAIL")
     assert [line.split(":")[0] for line in problems] == ["[FAIL] microphone", "[FAIL] speaker"], result.stdout
     areas = [line.split("]")[1].split(":")[0].strip() for line in lines_marked(result.stdout, "ok")]
-    assert areas == ["platform", "config", "llama.cpp", "models", "cores", "memory", "sound server"], result.stdout
+    assert areas == ["platform", "config", "llama.cpp", "models", "cores", "memory", "sound server", "http"], result.stdout
     assert result.stdout.rstrip().endswith("voicebot check: 2 problem(s), 0 warning(s)")
     assert "Traceback" not in result.stderr
 
