@@ -27,7 +27,7 @@ from voicebot.audio import (
     WavSource,
 )
 from voicebot.config import Config, load_config
-from voicebot.engines import Engines
+from voicebot.engines import Engines, local_stages
 from voicebot.errors import AudioDeviceError, VoicebotError
 from voicebot.models import resolve_models
 from voicebot.pipeline import Pipeline
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGES = frozenset({"listen", "asr", "llm", "tts"})
+REMOTE_SPEECH_RATE_HZ = 22050  # Piper's medium voices' rate, what a Wyoming TTS server most often sends.
 
 
 @dataclass(frozen=True)
@@ -65,16 +66,17 @@ def open_sink(
     open_now: bool = True,
 ) -> AudioSink:
     """Replies go to the WAV file `output`, else to the configured speaker (opened later unless `open_now`)."""
-    assert engines.synthesizer is not None
     if output:
-        return WavSink(Path(output), clock, realtime=realtime, rate_hz=engines.synthesizer.rate_hz, timeline=timeline)
+        # Remote speech comes at its server's rate, and is resampled to the file's.
+        rate_hz = engines.synthesizer.rate_hz if engines.synthesizer is not None else REMOTE_SPEECH_RATE_HZ
+        return WavSink(Path(output), clock, realtime=realtime, rate_hz=rate_hz, timeline=timeline)
     audio = config.audio
     return SpeakerSink(audio.output_device, clock, audio.output_sample_rate_hz, timeline, audio.stall_s, open_now)
 
 
 def load_engines(config: Config, stages: frozenset[str] = STAGES) -> Engines:
     """Load and warm up the models for `stages`; blocking."""
-    engines = Engines.load(config, resolve_models(config, stages), stages)
+    engines = Engines.load(config, resolve_models(config, local_stages(config, stages)), stages)
     try:
         engines.warm_up()
     except BaseException:
@@ -88,7 +90,7 @@ def check_config(config: Config) -> None:
     if config.http.enabled:
         from voicebot.http.app import check_http_config
 
-        check_http_config(config.http)
+        check_http_config(config.http, config.llm)
 
 
 @dataclass

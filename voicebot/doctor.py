@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import glob
@@ -91,9 +92,63 @@ def run_checks(options: CheckOptions) -> list[Finding]:
     findings += check_memory(config)
     findings += check_sound_server()
     findings += check_http(config)
+    findings += check_remote_engines(config)
     if options.audio:
         findings += check_audio_devices(config)
     return findings
+
+
+def check_remote_engines(config: Config, timeout_s: float = 3.0) -> list[Finding]:
+    """Each remote engine answers: a Wyoming server its describe, an OpenAI-compatible one its model list."""
+    findings = []
+    for stage, section in (("asr", config.asr), ("tts", config.tts), ("llm", config.llm)):
+        if section.backend == "local":
+            continue
+        try:
+            found = asyncio.run(_probe_remote(section.backend, section, timeout_s))
+        except VoicebotError as error:
+            fallback = "the local model answers meanwhile" if section.fallback else f"{stage}.fallback is off"
+            status = Status.WARN if section.fallback else Status.FAIL
+            findings.append(
+                Finding(stage, status, f"{error}; {fallback}", f"start the server at {stage}.url, or correct it")
+            )
+            continue
+        findings.append(Finding(stage, Status.OK, found))
+    return findings
+
+
+async def _probe_remote(backend: str, section, timeout_s: float) -> str:
+    import httpx
+
+    from voicebot.remote import tcp_address
+
+    if backend == "wyoming":
+        from wyoming.client import AsyncTcpClient
+        from wyoming.info import Describe, Info
+
+        host, port = tcp_address(section.url, "url")
+        try:
+            async with asyncio.timeout(timeout_s), AsyncTcpClient(host, port) as client:
+                await client.write_event(Describe().event())
+                while (event := await client.read_event()) is not None:
+                    if Info.is_type(event.type):
+                        info = Info.from_event(event)
+                        programs = [p.name for p in (info.asr or []) + (info.tts or [])] or ["a Wyoming server"]
+                        return f"{section.url} answers: {', '.join(programs)}"
+        except (OSError, TimeoutError) as error:
+            reason = str(error) or "timed out"
+            raise VoicebotError(f"the Wyoming server at {section.url} does not answer ({reason})") from None
+        raise VoicebotError(f"the Wyoming server at {section.url} closed the connection without describing itself")
+    headers = {"Authorization": f"Bearer {section.api_key}"} if section.api_key else {}
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s, headers=headers) as client:
+            response = await client.get(f"{section.url.rstrip('/')}/models")
+    except httpx.HTTPError as error:
+        raise VoicebotError(f"the LLM server at {section.url} does not answer ({error or 'timed out'})") from None
+    if response.status_code != 200:
+        raise VoicebotError(f"the LLM server at {section.url} answered {response.status_code} to GET /models")
+    models = [m.get("id") for m in response.json().get("data", []) if isinstance(m, dict)]
+    return f"{section.url} answers, serving {', '.join(map(str, models)) or 'no model it names'}"
 
 
 SYSTEM_UNIT = Path("/etc/systemd/system/voicebot.service")

@@ -19,8 +19,19 @@ from voicebot.wake import SelfWakeGuard, WakeWordDetector
 
 if TYPE_CHECKING:
     from voicebot.echo import EchoCanceller
+    from voicebot.remote import RemoteChat, WyomingSynthesizer, WyomingTranscriber
 
 ALL_STAGES = frozenset({"listen", "asr", "llm", "tts"})
+
+
+def local_stages(config: Config, stages: frozenset[str]) -> frozenset[str]:
+    """The stages whose models load here: not those served remotely, unless kept as the fallback."""
+    remote_only = {
+        "asr": config.asr.backend != "local" and not config.asr.fallback,
+        "tts": config.tts.backend != "local" and not config.tts.fallback,
+        "llm": config.llm.backend != "local" and not config.llm.fallback,
+    }
+    return frozenset(stage for stage in stages if not remote_only.get(stage, False))
 
 
 @dataclass
@@ -43,11 +54,20 @@ class Engines:
     self_wake_guard: SelfWakeGuard | None = None
     workers: list[PinnedWorker] = field(default_factory=list)
     paths: ModelPaths | None = None
+    remote_asr: WyomingTranscriber | None = None
+    """Speech recognition on a Wyoming server (asr.backend: wyoming); `transcriber` is its fallback, if loaded."""
+    remote_tts: WyomingSynthesizer | None = None
+    """Speech synthesis on a Wyoming server (tts.backend: wyoming); `synthesizer` is its fallback, if loaded."""
+    remote_llm: RemoteChat | None = None
+    """The LLM on an OpenAI-compatible server (llm.backend: openai); `llm` is its fallback, if loaded."""
 
     @classmethod
     def load(cls, config: Config, paths: ModelPaths, stages: frozenset[str] = ALL_STAGES) -> Engines:
-        """Load the models for `stages`, each on its own thread pinned to its configured cores."""
+        """Load the models for `stages`, each on its own thread pinned to its configured cores; a stage with a
+        remote backend gets its client, and its local model only as the fallback."""
         engines = cls(config, paths=paths)
+        engines._connect_remotes(stages)
+        stages = local_stages(config, stages)
         try:
             if "tts" in stages:
                 engines.tts_worker = engines._worker("tts", resolve_cores(config.tts.cores, "tts"))
@@ -82,6 +102,17 @@ class Engines:
             engines.close()
             raise
         return engines
+
+    def _connect_remotes(self, stages: frozenset[str]) -> None:
+        from voicebot.remote import RemoteChat, WyomingSynthesizer, WyomingTranscriber
+
+        config = self.config
+        if "asr" in stages and config.asr.backend == "wyoming":
+            self.remote_asr = WyomingTranscriber(config.asr)
+        if "tts" in stages and config.tts.backend == "wyoming":
+            self.remote_tts = WyomingSynthesizer(config.tts)
+        if "llm" in stages and config.llm.backend == "openai":
+            self.remote_llm = RemoteChat(config.llm)
 
     def _worker(self, name: str, cores: tuple[int, ...]) -> PinnedWorker:
         worker = PinnedWorker(name, cores)

@@ -33,6 +33,9 @@ COMPRESS_TO = 0.4
 # Above this share a compression no longer gives way to a question: the next prompt would soon have
 # to drop turns one at a time, and each drop makes llama.cpp evaluate the whole prompt again.
 COMPRESS_REGARDLESS_ABOVE = 0.9
+# A conservative estimate for a remote model's tokenizer when no local one is loaded: English BPE runs
+# about 4 characters a token, Chinese about 1.5; 2.5 keeps mixed text within the budget.
+CHARS_PER_TOKEN = 2.5
 SUMMARY_MAX_TOKENS = 60
 # Prefill that may be interrupted is evaluated in blocks this long: small enough to stop within a
 # fraction of a second on a Pi, large enough to keep batched evaluation efficient.
@@ -368,6 +371,22 @@ class Conversation:
                 "shorten it or raise llm.context_tokens"
             )
         return tokens
+
+    def remote_messages(
+        self, question: str, language: str, chat: ChatModel | None, budget_tokens: int
+    ) -> list[Message]:
+        """The messages for `question` to a remote LLM, within `budget_tokens`: counted by the local model's
+        tokenizer when one is loaded, else estimated from their characters; the oldest turns go first."""
+        if chat is not None:
+            self.prompt(question, language, chat)  # drops the oldest turns that do not fit
+            return self.messages(question)
+        self.forget_if_stale()
+        self.language = language
+        while (
+            self.exchanges and sum(len(m["content"]) for m in self.messages(question)) / CHARS_PER_TOKEN > budget_tokens
+        ):
+            self.exchanges.pop(0)
+        return self.messages(question)
 
     def must_compress(self, chat: ChatModel) -> bool:
         """Whether the history is so near the prompt budget that it must be compressed before another question."""

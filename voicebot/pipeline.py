@@ -19,10 +19,12 @@ from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 
+from voicebot.asr import Transcript
 from voicebot.audio import AudioChunk, AudioSink, AudioSource, PlaybackTimeline
 from voicebot.earcons import Earcon, Earcons
 from voicebot.engines import Engines
 from voicebot.errors import AudioDeviceError, VoicebotError
+from voicebot.remote import RemoteEngineError
 from voicebot.reply import VOICE_CONVERSATION, Responder
 from voicebot.trace import HeldTracer, Tracer
 from voicebot.vad import Endpoint, EndpointKind
@@ -38,6 +40,10 @@ FRAMES_AHEAD = 4
 # stamped with jitter by milliseconds, so the reference follows its own sample count and only
 # jumps to the clock when they drift further apart than this (frames dropped, a stalled device).
 REFERENCE_RESYNC_S = 0.1
+APOLOGIES = {
+    "en": "Sorry, I can't answer right now.",
+    "zh": "抱歉，我现在无法回答。",
+}
 STOP_COMMANDS = frozenset(
     {"stop", "stop it", "cancel", "cancel that", "never mind", "nevermind", "be quiet", "quiet", "shut up", "enough"}
     | {"停", "停止", "停下", "取消", "别说了", "算了", "安静"}
@@ -487,23 +493,46 @@ class Pipeline:
         turn.playback_started_at = heard_at
         self._inbox.post(PlaybackStarted(turn.id))
 
+    async def _transcribe(self, audio: np.ndarray, tracer: HeldTracer) -> Transcript:
+        """The question's transcript: from the remote server if there is one, else (or when it fails) here."""
+        remote = self.engines.remote_asr
+        if remote is not None:
+            try:
+                return await remote.transcribe(audio)
+            except RemoteEngineError as error:
+                if self.engines.transcriber is None:
+                    raise
+                log.warning("%s; transcribing here instead", error)
+                tracer.emit("engine_fallback", stage="asr", error=str(error))
+        transcriber, asr_worker = self.engines.transcriber, self.engines.asr_worker
+        assert transcriber is not None and asr_worker is not None
+        return await asr_worker.run(transcriber.transcribe, audio)
+
+    async def _apologise(self, confirmed: asyncio.Event, tracer: HeldTracer) -> None:
+        """Say one short sorry when a remote engine failed with nothing local to take over, if speech still works."""
+        await confirmed.wait()
+        language = self.responder.conversation.language
+        tracer.emit("apology", language=language)
+        try:
+            await self.responder.say(APOLOGIES.get(language, APOLOGIES["en"]), language)
+        except VoicebotError as error:
+            log.error("cannot say sorry either: %s", error)
+
     async def _run_turn(self, turn: Turn, audio: np.ndarray) -> None:
         """One turn: transcribe, then answer. It only reports to the supervisor; it never sets the state."""
         reason = "answered"
         tracer, confirmed = turn.tracer, turn.confirmed
-        assert self.engines.llm is not None
-        # Typed requests wait from the start of transcription until this answer is heard.
-        hold = self.engines.llm.hold_for_voice(VOICE_CONVERSATION)
+        # Typed requests to the local LLM wait from the start of transcription until this answer is heard.
+        hold = self.engines.llm.hold_for_voice(VOICE_CONVERSATION) if self.engines.llm is not None else None
 
         def on_speaking(heard_at: float) -> None:
-            hold.release()
+            if hold is not None:
+                hold.release()
             self._on_speaking(turn, heard_at)
 
         try:
-            transcriber, asr_worker = self.engines.transcriber, self.engines.asr_worker
-            assert transcriber is not None and asr_worker is not None
             started = tracer.clock.now()
-            transcript = await asr_worker.run(transcriber.transcribe, audio)
+            transcript = await self._transcribe(audio, tracer)
             asr_s = round(tracer.clock.now() - started, 4)
             tracer.emit("transcript", text=transcript.text, language=transcript.language, asr_s=asr_s)
             if not transcript.text:
@@ -524,6 +553,10 @@ class Pipeline:
         except asyncio.CancelledError:
             reason = "cancelled"
             raise
+        except RemoteEngineError as error:
+            reason = "error"
+            log.error("turn failed: %s", error)
+            await self._apologise(confirmed, tracer)
         except VoicebotError as error:
             reason = "error"
             log.error("turn failed: %s", error)
@@ -532,7 +565,8 @@ class Pipeline:
             log.error("turn failed: %s: %s", type(error).__name__, error)
             log.debug("turn failure details", exc_info=True)
         finally:
-            hold.release()
+            if hold is not None:
+                hold.release()
             if reason != "cancelled":
                 await confirmed.wait()  # An early turn ends only once its question has.
             tracer.emit("turn_end", reason=reason)

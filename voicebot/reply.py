@@ -7,6 +7,7 @@ abandoned, and only what the person actually heard joins the conversation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,8 +17,9 @@ from voicebot.audio import AudioChunk, AudioSink
 from voicebot.chunker import SentenceChunker
 from voicebot.engines import Engines
 from voicebot.errors import VoicebotError
-from voicebot.llm import Compression, Conversation, Interrupted, PromptCost, Sampling, system_prompts
-from voicebot.llm_service import Generation, Priority
+from voicebot.llm import ChatModel, Compression, Conversation, Interrupted, PromptCost, Sampling, system_prompts
+from voicebot.llm_service import Priority
+from voicebot.remote import RemoteEngineError
 from voicebot.threads import iterate_in_worker
 from voicebot.trace import HeldTracer, Tracer
 from voicebot.tts import HAN
@@ -111,8 +113,6 @@ class Responder:
         With `may_speak`, everything up to the first sound is done, then playback waits for it.
         """
         tracer = tracer or self.tracer
-        llm = self.engines.llm
-        assert llm is not None
 
         def on_prompt(cost: PromptCost) -> None:
             tracer.emit(
@@ -125,17 +125,10 @@ class Responder:
                 prompt_tokens_evaluated=cost.evaluated,
             )
 
-        # Built on the worker when the model turns to it: after any compression has finished or given way.
-        generation = llm.generate(
-            VOICE_CONVERSATION,
-            lambda chat: self.conversation.prompt(question, language, chat),
-            self.sampling,
-            Priority.VOICE,
-            on_prompt,
-        )
+        answer = self._answer(question, language, tracer, on_prompt)
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
         spoken = SpokenPieces()
-        writer = asyncio.create_task(self._write(generation, pieces, tracer, language))
+        writer = asyncio.create_task(self._write(answer, pieces, tracer, language))
         try:
             if self.sink is None:
                 await self._show(pieces, spoken)
@@ -161,6 +154,42 @@ class Responder:
         self.compress_in_background(tracer)
         return said
 
+    async def _answer(
+        self, question: str, language: str, tracer: Tracer | HeldTracer, on_prompt: Callable[[PromptCost], None]
+    ) -> AsyncIterator[str]:
+        """The answer's text as it is written: by the remote LLM if there is one, else (or when it fails, from
+        where it stopped) by the local one through the LLM service."""
+        written = ""
+        remote = self.engines.remote_llm
+        if remote is not None:
+            llm_config = self.config.llm
+            budget = llm_config.context_tokens - llm_config.max_reply_tokens
+            messages = self.conversation.remote_messages(question, language, self.engines.chat, budget)
+            tracer.emit("llm_prompt", language=language, backend="openai", history_turns=len(messages) // 2 - 1)
+            try:
+                async for piece in remote.stream(messages, self.sampling):
+                    written += piece
+                    yield piece
+                return
+            except RemoteEngineError as error:
+                if self.engines.llm is None:
+                    raise
+                log.warning("%s; the local LLM answers instead", error)
+                tracer.emit("engine_fallback", stage="llm", error=str(error), chars_written=len(written))
+        llm = self.engines.llm
+        assert llm is not None
+
+        def prepare(chat: ChatModel) -> list[int]:
+            # After a remote LLM failed mid-answer, the local one goes on from what it had written.
+            prompt = self.conversation.prompt(question, language, chat)
+            return prompt + chat.tokens_of(written) if written else prompt
+
+        # Built on the worker when the model turns to it: after any compression has finished or given way.
+        generation = llm.generate(VOICE_CONVERSATION, prepare, self.sampling, Priority.VOICE, on_prompt)
+        async with generation:
+            async for piece in generation:
+                yield piece
+
     def compress_in_background(self, tracer: Tracer | HeldTracer | None = None) -> None:
         """Compress old turns, if due, on the LLM worker now, while the person listens, not when they next ask.
 
@@ -168,7 +197,8 @@ class Responder:
         the history is so near the budget that it must be compressed before the next question.
         """
         llm, chat = self.engines.llm, self.engines.chat
-        assert llm is not None and chat is not None
+        if llm is None or chat is None or self.engines.remote_llm is not None:
+            return  # A remote LLM's history is kept within its budget by dropping the oldest turns.
         priority = Priority.VOICE if self.conversation.must_compress(chat) else Priority.BACKGROUND
         compressed = llm.submit(
             VOICE_CONVERSATION,
@@ -264,7 +294,7 @@ class Responder:
                 await asyncio.gather(feeder, return_exceptions=True)
 
     async def _write(
-        self, generation: Generation, pieces: asyncio.Queue[str | None], tracer: Tracer | HeldTracer, language: str
+        self, answer: AsyncIterator[str], pieces: asyncio.Queue[str | None], tracer: Tracer | HeldTracer, language: str
     ) -> tuple[str, bool]:
         """Take the answer as it is generated, cut it into pieces and release them; returns (reply text,
         whether it was capped)."""
@@ -290,10 +320,10 @@ class Responder:
 
         stall_s = self.config.llm.stall_timeout_s
         try:
-            async with generation:
+            async with contextlib.aclosing(answer):
                 while not capped:
                     try:
-                        token = await asyncio.wait_for(anext(generation), stall_s)
+                        token = await asyncio.wait_for(anext(answer), stall_s)
                     except StopAsyncIteration:
                         break
                     except TimeoutError:
@@ -332,8 +362,8 @@ class Responder:
         may_speak: asyncio.Event | None = None,
         on_speaking: Callable[[float], None] = lambda heard_at: None,
     ) -> None:
-        synthesizer, tts_worker, sink = self.engines.synthesizer, self.engines.tts_worker, self.sink
-        assert synthesizer is not None and tts_worker is not None and sink is not None
+        sink = self.sink
+        assert sink is not None
         playing = False
         held: list[AudioChunk] = []
 
@@ -356,7 +386,7 @@ class Responder:
                 spoken.texts.append(piece)
                 spoken.audio_s.append(0.0)
                 self.on_piece(piece)
-                async for audio in iterate_in_worker(tts_worker, lambda: synthesizer.synthesize(piece, language)):
+                async for audio in self._synthesize(piece, language, tracer):
                     if first_audio:
                         tracer.emit("tts_first_audio")
                         first_audio = False
@@ -374,3 +404,22 @@ class Responder:
             if playing:
                 sink.stop()
             raise
+
+    async def _synthesize(self, text: str, language: str, tracer: Tracer | HeldTracer) -> AsyncIterator[AudioChunk]:
+        """Audio for one piece: from the remote TTS if there is one, else (or when it fails) from local Piper."""
+        remote = self.engines.remote_tts
+        if remote is not None:
+            try:
+                async for audio in remote.synthesize(text, language):
+                    yield audio
+                return
+            except RemoteEngineError as error:
+                if self.engines.synthesizer is None:
+                    raise
+                # The piece is said again whole: a sentence cut mid-way is harder to follow than a repeat.
+                log.warning("%s; local Piper says it instead", error)
+                tracer.emit("engine_fallback", stage="tts", error=str(error))
+        synthesizer, tts_worker = self.engines.synthesizer, self.engines.tts_worker
+        assert synthesizer is not None and tts_worker is not None
+        async for audio in iterate_in_worker(tts_worker, lambda: synthesizer.synthesize(text, language)):
+            yield audio

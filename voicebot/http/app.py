@@ -26,7 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from voicebot.config import Config, HttpConfig
+from voicebot.config import Config, HttpConfig, LlmConfig
 from voicebot.engines import Engines
 from voicebot.errors import ConfigError, RequestTooLargeError, VoicebotError
 from voicebot.http.completions import (
@@ -66,8 +66,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_http_config(config: HttpConfig) -> None:
-    """Refuse settings that would open the model to the network without a token."""
+def check_http_config(config: HttpConfig, llm: LlmConfig | None = None) -> None:
+    """Refuse settings that would open the model to the network without a token, or serve no model."""
+    if llm is not None and llm.backend != "local" and not llm.fallback:
+        raise ConfigError(
+            "config error: http serves the local LLM, but llm.backend is openai with llm.fallback off; "
+            "set llm.fallback: true to load the local model too, or http.enabled: false"
+        )
     if not is_loopback(config.host) and not config.token:
         raise ConfigError(
             f"config error: http.host is {config.host}, which other machines can reach, but http.token is not set; "
@@ -472,7 +477,7 @@ def _cors_headers(origin: str, preflight: bool) -> dict[str, str]:
 
 def create_app(engines: Engines, config: Config, voice: VoiceLink | None = None) -> Starlette:
     """The Starlette app: /v1/chat/completions, /v1/models, /health, and the chat page at /."""
-    check_http_config(config.http)
+    check_http_config(config.http, config.llm)
     api = ChatApi(engines, config, voice)
 
     async def api_error(request: Request, error: Exception) -> Response:
