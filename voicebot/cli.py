@@ -150,6 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
         "voicebot run serves the same beside the voice loop when http.enabled is true.",
     )
     commands.add_parser(
+        "wyoming",
+        parents=[common],
+        help="serve speech-to-text, TTS and the LLM over the Wyoming protocol (Home Assistant)",
+        description="Serve this machine's models over the Wyoming protocol, each on its own port of wyoming.host "
+        "(default 127.0.0.1): speech-to-text on wyoming.asr_port (10300), TTS on wyoming.tts_port (10200) and the "
+        "LLM as a conversation agent on wyoming.handle_port (10500). Off loopback they are announced with zeroconf "
+        "for Home Assistant to discover.",
+    )
+    commands.add_parser(
         "devices",
         parents=[common],
         help="list audio devices",
@@ -377,6 +386,37 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+async def _wyoming(args: argparse.Namespace, config: Config) -> int:
+    from voicebot.wyoming.server import WyomingServers
+
+    servers = WyomingServers(config)
+    await servers.bind()  # A port in use is found before the models load.
+    notifier = SystemdNotifier.from_environment()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    engines: Engines | None = None
+    try:
+        engines = load_engines(config, frozenset({"asr", "llm", "tts"}))
+        await servers.start(engines)
+        print(f"voicebot: serving Wyoming: {servers.summary}", flush=True)
+        notifier.ready(f"serving Wyoming on {config.wyoming.host}")
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        notifier.stopping()
+        await servers.stop()
+        if engines is not None:
+            assert engines.llm is not None
+            await engines.llm.close()
+            engines.close(wait=False)
+    _leave_model_calls_running(0)
+    return 0
+
+
 async def _transcribe(args: argparse.Namespace, config: Config) -> int:
     audio = read_wav(args.wav).resampled(INPUT_RATE_HZ)
     engines = load_engines(config, frozenset({"asr"}))
@@ -414,6 +454,7 @@ _COMMANDS = {
     "bench": _bench,
     "models": models_command,
     "serve": _serve,
+    "wyoming": _wyoming,
 }
 
 
