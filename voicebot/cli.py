@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             print(config_as_yaml(config), end="")
             return 0
         code = asyncio.run(_COMMANDS[args.command](args, config))
-        if args.command in ("run", "serve"):
+        if args.command in ("run", "serve", "wyoming"):
             _leave_model_calls_running(code)
         return code
     except VoicebotError as error:
@@ -413,7 +413,6 @@ async def _wyoming(args: argparse.Namespace, config: Config) -> int:
             assert engines.llm is not None
             await engines.llm.close()
             engines.close(wait=False)
-    _leave_model_calls_running(0)
     return 0
 
 
