@@ -36,6 +36,7 @@ from voicebot.trace import Tracer
 
 if TYPE_CHECKING:
     from voicebot.http.app import HttpServer
+    from voicebot.satellite import Satellite
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ def open_sink(
 
 def load_engines(config: Config, stages: frozenset[str] = STAGES) -> Engines:
     """Load and warm up the models for `stages`; blocking."""
+    if config.satellite.enabled:
+        stages = stages & {"listen"}  # Home Assistant hears the question and answers it.
     engines = Engines.load(config, resolve_models(config, local_stages(config, stages)), stages)
     try:
         engines.warm_up()
@@ -91,6 +94,10 @@ def check_config(config: Config) -> None:
         from voicebot.http.app import check_http_config
 
         check_http_config(config.http, config.llm)
+    if config.satellite.enabled:
+        from voicebot.satellite import check_satellite_config
+
+        check_satellite_config(config.satellite)
 
 
 @dataclass
@@ -219,11 +226,17 @@ class Assistant:
     async def _run_until_reload(self, engines: Engines) -> tuple[Config, Engines] | None:
         """Run one pipeline; returns the config and models to reload with, or None when the run is over."""
         assert self.sink is not None
-        pipeline = Pipeline(
-            engines, self.source, self.sink, self.tracer, timeline=self.timeline, on_listening=self._on_listening
-        )
+        if self.config.satellite.enabled:
+            from voicebot.satellite import Satellite
+
+            pipeline = Satellite(engines, self.source, self.sink, self.tracer, on_listening=self._on_listening)
+            http = None
+        else:
+            pipeline = Pipeline(
+                engines, self.source, self.sink, self.tracer, timeline=self.timeline, on_listening=self._on_listening
+            )
+            http = self._start_http(engines, pipeline)
         running = asyncio.create_task(self._listen(pipeline), name="pipeline")
-        http = self._start_http(engines, pipeline)
         try:
             while True:
                 stop = asyncio.create_task(self._stop.wait())
@@ -303,7 +316,7 @@ class Assistant:
             self.sink = None
         self.notifier.ready("listening")
 
-    async def _listen(self, pipeline: Pipeline) -> None:
+    async def _listen(self, pipeline: Pipeline | Satellite) -> None:
         """Run the pipeline; under a service, a lost microphone is waited for and listening starts afresh."""
         while True:
             try:

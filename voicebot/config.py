@@ -312,6 +312,26 @@ class WyomingConfig:
 
 
 @dataclass(frozen=True)
+class SatelliteConfig:
+    """A Home Assistant voice satellite over the ESPHome native API, as linux-voice-assistant is."""
+
+    enabled: bool = False
+    """voicebot run becomes a device Home Assistant adds through its ESPHome integration: the wake
+    word is heard here, the question goes to Home Assistant's pipeline, its answer plays here."""
+    host: str = "127.0.0.1"
+    """Address to listen on; a satellite streams a microphone, so a LAN address is a choice to make."""
+    port: int = setting(6053, min=1, max=65535)
+    """Port of the ESPHome native API."""
+    name: str = "voicebot"
+    """Device name shown in Home Assistant."""
+    encryption_key: Optional[str] = None
+    """The ESPHome API's encryption key (32 bytes, base64), as Home Assistant asks for when adding the
+    device; null: no encryption."""
+    fallback_local: bool = False
+    """Load the local models and answer locally when Home Assistant is unreachable."""
+
+
+@dataclass(frozen=True)
 class Config:
     """All of voicebot's settings."""
 
@@ -328,6 +348,7 @@ class Config:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     wyoming: WyomingConfig = field(default_factory=WyomingConfig)
+    satellite: SatelliteConfig = field(default_factory=SatelliteConfig)
     source: str = field(default="built-in defaults", compare=False, metadata={"internal": True})
     """Where the settings came from, for messages."""
 

@@ -1,0 +1,298 @@
+"""voicebot as Home Assistant's voice satellite, with Home Assistant played by its own client library.
+
+aioesphomeapi's APIClient is what Home Assistant's ESPHome integration connects to devices with. Here it
+connects to a real `voicebot run --set satellite.enabled=true` hearing a WAV: the wake word in it starts a
+pipeline run, the question is streamed, the answer the test serves by URL is played into the output WAV,
+and so is an announcement; peers that break the protocol are dropped, one log line each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from aioesphomeapi import APIClient
+from aioesphomeapi.core import APIConnectionError, InvalidEncryptionKeyAPIError
+from aioesphomeapi.model import VoiceAssistantEventType as Ev
+from aioesphomeapi.model import VoiceAssistantFeature
+
+from tests.conftest import REPO, build_wav, espeak
+from voicebot.audio import read_wav
+
+TIMEOUT_S = 30.0
+START_TIMEOUT_S = 90.0
+TEST_TIMEOUT_S = 150.0
+KEY = base64.b64encode(bytes(range(32))).decode()
+QUESTION = "what is the capital of france"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class SatelliteProcess:
+    """`voicebot run` as a satellite in a subprocess; its log in a file the test reads."""
+
+    def __init__(self, folder: Path, wav: Path, *options: str) -> None:
+        self.port = free_port()
+        self.reply = folder / "reply.wav"
+        self.log_path = folder / "voicebot.log"
+        self._log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "voicebot", "run", "--set", "profile=bundled", "--set", "satellite.enabled=true"]
+            + ["--set", f"satellite.port={self.port}", "--set", "earcons.wake=false"]
+            + [arg for option in options for arg in ("--set", option)]
+            + ["--input", str(wav), "--output", str(self.reply)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while "serving the ESPHome API" not in self.log():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"the satellite did not start:\n{self.log()}")
+            time.sleep(0.2)
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    async def wait_for_log(self, text: str, timeout_s: float = TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log():
+            assert time.monotonic() < deadline, f"no {text!r} in the log within {timeout_s} s:\n{self.log()}"
+            await asyncio.sleep(0.1)
+
+    def client(self, noise_psk: str | None = None) -> APIClient:
+        return APIClient("127.0.0.1", self.port, None, client_info="test", noise_psk=noise_psk)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The question WAV the satellite hears, and the answer and announcement served over HTTP."""
+    folder = tmp_path_factory.mktemp("satellite")
+    question = espeak(QUESTION, folder)
+    wav = build_wav(folder / "question.wav", [1.0, espeak("hey jarvis", folder), 0.6, question, 6.0])
+    served = folder / "served"
+    served.mkdir()
+    answer = espeak("The capital of France is Paris.", served, speed=170)
+    announcement = espeak("The washing machine has finished.", served, speed=150)
+    handler = functools.partial(QuietHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    yield {
+        "folder": folder,
+        "wav": wav,
+        "question_s": read_wav(question).seconds,
+        "answer": answer,
+        "answer_url": base + answer.name,
+        "announcement": announcement,
+        "announcement_url": base + announcement.name,
+    }
+    server.shutdown()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+class FakeHomeAssistant:
+    """What Home Assistant's ESPHome integration does with a satellite's pipeline requests, recorded."""
+
+    def __init__(self, client: APIClient) -> None:
+        self.client = client
+        self.starts: list[str | None] = []
+        self.audio = bytearray()
+        self.started = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self.finished: list = []
+        self.finished_event = asyncio.Event()
+        self._more_audio = asyncio.Event()
+
+    def subscribe(self) -> None:
+        self.client.subscribe_voice_assistant(
+            handle_start=self._start,
+            handle_stop=self._stop,
+            handle_audio=self._audio,
+            handle_announcement_finished=self._finished,
+        )
+
+    async def _start(self, conversation_id, flags, audio_settings, wake_word_phrase):
+        self.starts.append(wake_word_phrase)
+        self.started.set()
+        return 0  # Audio over the API, as Home Assistant answers an API_AUDIO subscriber.
+
+    async def _stop(self, abort: bool) -> None:
+        self.stopped.set()
+
+    async def _audio(self, data: bytes, data2: bytes | None) -> None:
+        self.audio += data
+        self._more_audio.set()
+
+    async def heard(self, seconds: float) -> None:
+        """Wait until `seconds` of audio have been streamed."""
+        while self.audio_s < seconds:
+            self._more_audio.clear()
+            await self._more_audio.wait()
+
+    async def _finished(self, finished) -> None:
+        self.finished.append(finished)
+        self.finished_event.set()
+
+    @property
+    def audio_s(self) -> float:
+        return len(self.audio) / 2 / 16000
+
+
+def pcm(data: bytes) -> np.ndarray:
+    return np.frombuffer(bytes(data), np.int16).astype(np.float32) / 32768
+
+
+def test_a_wake_word_streams_the_question_and_the_answer_from_its_url_is_played(files):
+    asyncio.run(asyncio.wait_for(_conversation(files), TEST_TIMEOUT_S))
+
+
+async def _conversation(files) -> None:
+    satellite = SatelliteProcess(files["folder"], files["wav"], f"satellite.encryption_key={KEY}")
+    try:
+        client = satellite.client(KEY)
+        await asyncio.wait_for(client.connect(login=True), TIMEOUT_S)
+        info = await asyncio.wait_for(client.device_info(), TIMEOUT_S)
+        assert info.name == "voicebot" and info.model == "voicebot"
+        assert len(info.mac_address.split(":")) == 6
+        features = VoiceAssistantFeature(info.voice_assistant_feature_flags)
+        assert VoiceAssistantFeature.VOICE_ASSISTANT in features and VoiceAssistantFeature.ANNOUNCE in features
+        entities, services = await asyncio.wait_for(client.list_entities_services(), TIMEOUT_S)
+        assert entities == [] and services == []
+        configuration = await asyncio.wait_for(client.get_voice_assistant_configuration(TIMEOUT_S), TIMEOUT_S)
+        assert [word.wake_word for word in configuration.available_wake_words] == ["hey jarvis"]
+        assert configuration.active_wake_words == [configuration.available_wake_words[0].id]
+
+        home = FakeHomeAssistant(client)
+        home.subscribe()  # The satellite starts hearing its input now.
+        await asyncio.wait_for(home.started.wait(), TIMEOUT_S)
+        assert home.starts == ["hey jarvis"]
+        # Home Assistant's VAD would hear the question end; here the test waits for its length and a little more.
+        wanted_s = files["question_s"] + 1.0
+        await asyncio.wait_for(home.heard(wanted_s), TIMEOUT_S)
+        client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_RUN_START, None)
+        client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_STT_VAD_END, None)
+        streamed_at_vad_end = home.audio_s
+        client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_STT_END, {"text": QUESTION})
+        client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_INTENT_END, {"continue_conversation": "0"})
+        client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_TTS_END, {"url": files["answer_url"]})
+        client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_RUN_END, None)
+        await asyncio.wait_for(home.finished_event.wait(), TIMEOUT_S)
+        assert [finished.success for finished in home.finished] == [True]
+        # The stream stopped at the end of speech (a chunk or two in flight at most).
+        assert home.audio_s - streamed_at_vad_end < 0.3
+        streamed = pcm(home.audio)
+        loud = np.abs(streamed) > 0.05
+        assert loud.mean() > 0.1, f"only {loud.mean():.0%} of the streamed audio is speech"
+        spoken_s = (np.flatnonzero(loud)[-1] - np.flatnonzero(loud)[0]) / 16000
+        assert files["question_s"] * 0.7 < spoken_s < files["question_s"] + 0.5
+        print(f"streamed {home.audio_s:.2f} s, speech over {spoken_s:.2f} s of a {files['question_s']:.2f} s question")
+
+        finished = await client.send_voice_assistant_announcement_await_response(
+            files["announcement_url"], TIMEOUT_S, text="The washing machine has finished."
+        )
+        assert finished.success
+        # A media URL that is not audio: played as nothing, and said so.
+        failed = await client.send_voice_assistant_announcement_await_response(
+            files["answer_url"] + ".missing", TIMEOUT_S
+        )
+        assert not failed.success
+        await asyncio.wait_for(client.disconnect(), TIMEOUT_S)
+        for noise_psk, error in ((base64.b64encode(bytes(32)).decode(), InvalidEncryptionKeyAPIError), (None, None)):
+            intruder = satellite.client(noise_psk)
+            with pytest.raises(error or APIConnectionError):
+                await asyncio.wait_for(intruder.connect(login=True), TIMEOUT_S)
+            await intruder.disconnect(force=True)
+        await satellite.wait_for_log("a Noise handshake with the wrong encryption key")
+        await satellite.wait_for_log("a plaintext client, but satellite.encryption_key is set")
+    finally:
+        code = satellite.stop()
+    assert code == 0, satellite.log()
+    reply = read_wav(satellite.reply)
+    played = np.concatenate(
+        [
+            read_wav(files["answer"]).resampled(reply.rate_hz).samples,
+            read_wav(files["announcement"]).resampled(reply.rate_hz).samples,
+        ]
+    )
+    assert abs(reply.seconds - len(played) / reply.rate_hz) < 0.1, (reply.seconds, len(played) / reply.rate_hz)
+    count = min(len(played), len(reply.samples))
+    similarity = np.corrcoef(played[:count], reply.samples[:count])[0, 1]
+    assert similarity > 0.95, f"the output is not the answer and the announcement (correlation {similarity:.2f})"
+    print(f"played {reply.seconds:.2f} s, correlation {similarity:.3f} with what was served")
+
+
+def test_peers_that_break_the_protocol_are_dropped_and_the_satellite_goes_on(files, tmp_path):
+    asyncio.run(asyncio.wait_for(_bad_peers(files, tmp_path), TEST_TIMEOUT_S))
+
+
+async def _bad_peers(files, tmp_path) -> None:
+    satellite = SatelliteProcess(tmp_path, files["wav"])
+    try:
+        for name, data, line in (
+            ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "not the API's 0x00"),
+            ("oversized frame", b"\x00\x80\x80\x80\x08\x01", "more than the 64 KiB cap"),
+            ("undecodable message", b"\x00\x03\x01\xff\xff\xff", "HelloRequest that does not decode"),
+            ("runaway varint", b"\x00" + b"\xff" * 8, "a varint longer than 5 bytes"),
+        ):
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", satellite.port), TIMEOUT_S)
+            writer.write(data)
+            assert await asyncio.wait_for(reader.read(), TIMEOUT_S) == b"", f"{name}: the connection stayed open"
+            writer.close()
+            await satellite.wait_for_log(line)
+        # Home Assistant gone in the middle of the question.
+        client = satellite.client()
+        await asyncio.wait_for(client.connect(login=True), TIMEOUT_S)
+        home = FakeHomeAssistant(client)
+        home.subscribe()
+        await asyncio.wait_for(home.heard(0.5), TIMEOUT_S)
+        await client.disconnect(force=True)
+        await satellite.wait_for_log("Home Assistant left in the middle of a streaming run")
+        # The satellite still serves: a fresh client is answered.
+        fresh = satellite.client()
+        await asyncio.wait_for(fresh.connect(login=True), TIMEOUT_S)
+        assert (await asyncio.wait_for(fresh.device_info(), TIMEOUT_S)).name == "voicebot"
+        await fresh.disconnect()
+        assert satellite.process.poll() is None
+        dropped = [line for line in satellite.log().splitlines() if "satellite: dropped" in line]
+        assert len(dropped) == 4, satellite.log()
+        print("\n".join(dropped))
+    finally:
+        code = satellite.stop()
+    assert code == 0, satellite.log()
