@@ -203,26 +203,42 @@ async def _conversation(files) -> None:
         home.subscribe()  # The satellite starts hearing its input now.
         await asyncio.wait_for(home.started.wait(), TIMEOUT_S)
         assert home.starts == ["hey jarvis"]
+        home.started.clear()
         # Home Assistant's VAD would hear the question end; here the test waits for its length and a little more.
         wanted_s = files["question_s"] + 1.0
         await asyncio.wait_for(home.heard(wanted_s), TIMEOUT_S)
         client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_RUN_START, None)
         client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_STT_VAD_END, None)
         streamed_at_vad_end = home.audio_s
+        await asyncio.sleep(0.6)  # The microphone goes on; the stream must not (a chunk or two in flight at most).
+        assert home.audio_s - streamed_at_vad_end < 0.3, "the microphone was still streamed after the end of speech"
         client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_STT_END, {"text": QUESTION})
-        client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_INTENT_END, {"continue_conversation": "0"})
+        client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_INTENT_END, {"continue_conversation": "1"})
         client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_TTS_END, {"url": files["answer_url"]})
         client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_RUN_END, None)
         await asyncio.wait_for(home.finished_event.wait(), TIMEOUT_S)
+        home.finished_event.clear()
         assert [finished.success for finished in home.finished] == [True]
-        # The stream stopped at the end of speech (a chunk or two in flight at most).
-        assert home.audio_s - streamed_at_vad_end < 0.3
-        streamed = pcm(home.audio)
-        loud = np.abs(streamed) > 0.05
+        question = pcm(home.audio)
+        loud = np.abs(question) > 0.05
         assert loud.mean() > 0.1, f"only {loud.mean():.0%} of the streamed audio is speech"
         spoken_s = (np.flatnonzero(loud)[-1] - np.flatnonzero(loud)[0]) / 16000
         assert files["question_s"] * 0.7 < spoken_s < files["question_s"] + 0.5
-        print(f"streamed {home.audio_s:.2f} s, speech over {spoken_s:.2f} s of a {files['question_s']:.2f} s question")
+        print(
+            f"streamed {len(question) / 16000:.2f} s, speech over {spoken_s:.2f} s of a {files['question_s']:.2f} s question"
+        )
+
+        # The conversation goes on: a second run, without the wake word, streams again until Home Assistant ends it.
+        await asyncio.wait_for(home.started.wait(), TIMEOUT_S)
+        assert home.starts == ["hey jarvis", None]
+        await asyncio.wait_for(home.heard(len(question) / 16000 + 0.5), TIMEOUT_S)
+        client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_ERROR, {"code": "stt-no-text-recognized"})
+        client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_RUN_END, None)
+        await asyncio.wait_for(home.finished_event.wait(), TIMEOUT_S)
+        streamed_s = home.audio_s
+        await asyncio.sleep(0.5)
+        assert home.audio_s - streamed_s < 0.2, "the microphone was still streamed after the run ended"
+        assert home.starts == ["hey jarvis", None]
 
         finished = await client.send_voice_assistant_announcement_await_response(
             files["announcement_url"], TIMEOUT_S, text="The washing machine has finished."

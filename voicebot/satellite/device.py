@@ -154,6 +154,7 @@ class Satellite:
         self.mac = device_mac(self.config.name)
         self._psk = decode_encryption_key(self.config.encryption_key) if self.config.encryption_key else None
         self._peers: set[Peer] = set()
+        self._connections = 0  # counted from accept, so handshakes in progress count too
         self._voice: Peer | None = None  # the client subscribed to the voice assistant
         self._subscribed = asyncio.Event()
         self._wake_models = list(engines.wake.model_names) if engines.wake is not None else []
@@ -214,11 +215,12 @@ class Satellite:
             self._tasks.add(task)
         host, port = writer.get_extra_info("peername")[:2]
         address = f"{host}:{port}"
-        if len(self._peers) >= MAX_CONNECTIONS:
+        if self._connections >= MAX_CONNECTIONS:
             log.warning("satellite: refused %s: already %d connections", address, MAX_CONNECTIONS)
             writer.transport.abort()
             self._tasks.discard(task)
             return
+        self._connections += 1
         peer: Peer | None = None
         try:
             frames, first = await open_frames(reader, writer, self._psk, self.config.name, self.mac)
@@ -240,6 +242,7 @@ class Satellite:
         except (PeerLeft, ConnectionError):
             log.debug("satellite: %s closed the connection", address)
         finally:
+            self._connections -= 1
             if peer is not None:
                 self._peers.discard(peer)
                 if peer is self._voice:
