@@ -28,8 +28,11 @@ from aioesphomeapi.core import APIConnectionError, InvalidEncryptionKeyAPIError
 from aioesphomeapi.model import VoiceAssistantEventType as Ev
 from aioesphomeapi.model import VoiceAssistantFeature
 
-from tests.conftest import REPO, build_wav, espeak
+from tests.conftest import REPO, build_wav, espeak, run_voicebot
+from voicebot.assistant import run_stages
 from voicebot.audio import read_wav
+from voicebot.config import load_config
+from voicebot.satellite import check_satellite
 
 TIMEOUT_S = 30.0
 START_TIMEOUT_S = 90.0
@@ -312,3 +315,32 @@ async def _bad_peers(files, tmp_path) -> None:
     finally:
         code = satellite.stop()
     assert code == 0, satellite.log()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("satellite.encryption_key=not-base64!", "satellite.encryption_key: not base64"),
+        (f"satellite.encryption_key={base64.b64encode(bytes(16)).decode()}", "16 bytes, not 32"),
+        ("satellite.fallback_local=true", "satellite.fallback_local: answering locally"),
+    ],
+)
+def test_settings_the_satellite_cannot_honour_are_refused_before_any_model_loads(files, option, message):
+    result = run_voicebot(
+        "run", "--set", "satellite.enabled=true", "--set", option, "--input", str(files["wav"]), timeout=60
+    )
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_check_warns_of_a_satellite_on_the_network_without_a_key():
+    lan = load_config(None, ("satellite.enabled=true", "satellite.host=0.0.0.0"))
+    assert "anyone on the network" in check_satellite(lan)[0]
+    assert (
+        check_satellite(
+            load_config(None, ("satellite.enabled=true", "satellite.host=0.0.0.0", f"satellite.encryption_key={KEY}"))
+        )
+        == []
+    )
+    assert check_satellite(load_config(None, ("satellite.enabled=true",))) == []
+    assert run_stages(lan) == {"listen"} and run_stages(load_config(None, ())) == {"listen", "asr", "llm", "tts"}

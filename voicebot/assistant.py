@@ -77,8 +77,6 @@ def open_sink(
 
 def load_engines(config: Config, stages: frozenset[str] = STAGES) -> Engines:
     """Load and warm up the models for `stages`; blocking."""
-    if config.satellite.enabled:
-        stages = stages & {"listen"}  # Home Assistant hears the question and answers it.
     engines = Engines.load(config, resolve_models(config, local_stages(config, stages)), stages)
     try:
         engines.warm_up()
@@ -86,6 +84,11 @@ def load_engines(config: Config, stages: frozenset[str] = STAGES) -> Engines:
         engines.close()
         raise
     return engines
+
+
+def run_stages(config: Config) -> frozenset[str]:
+    """The stages `voicebot run` loads: as a satellite, Home Assistant hears the question and answers it."""
+    return frozenset({"listen"}) if config.satellite.enabled else STAGES
 
 
 def check_config(config: Config) -> None:
@@ -213,7 +216,7 @@ class Assistant:
 
     async def _load(self, config: Config) -> Engines | None:
         """Load the models off the event loop, so the watchdog keeps being fed; None if stopped meanwhile."""
-        loading = asyncio.ensure_future(asyncio.to_thread(load_engines, config))
+        loading = asyncio.ensure_future(asyncio.to_thread(load_engines, config, run_stages(config)))
         stop = asyncio.create_task(self._stop.wait())
         await asyncio.wait({loading, stop}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
@@ -290,7 +293,7 @@ class Assistant:
         try:
             config = load_config(self.options.config_path, self.options.overrides)
             check_config(config)
-            engines = await asyncio.to_thread(load_engines, config)
+            engines = await asyncio.to_thread(load_engines, config, run_stages(config))
         except VoicebotError as error:
             log.error("config reload refused, the old config stays in effect: %s", error)
             self.tracer.emit("config_reload_refused", error=str(error))
