@@ -322,7 +322,6 @@ async def _bad_peers(files, tmp_path) -> None:
     [
         ("satellite.encryption_key=not-base64!", "satellite.encryption_key: not base64"),
         (f"satellite.encryption_key={base64.b64encode(bytes(16)).decode()}", "16 bytes, not 32"),
-        ("satellite.fallback_local=true", "satellite.fallback_local: answering locally"),
     ],
 )
 def test_settings_the_satellite_cannot_honour_are_refused_before_any_model_loads(files, option, message):
@@ -343,4 +342,22 @@ def test_check_warns_of_a_satellite_on_the_network_without_a_key():
         == []
     )
     assert check_satellite(load_config(None, ("satellite.enabled=true",))) == []
+    fallback = load_config(None, ("satellite.enabled=true", "satellite.fallback_local=true"))
+    assert run_stages(fallback) == {"listen", "asr", "llm", "tts"}
     assert run_stages(lan) == {"listen"} and run_stages(load_config(None, ())) == {"listen", "asr", "llm", "tts"}
+
+
+def test_with_fallback_local_and_no_home_assistant_the_question_is_answered_here(files, tmp_path):
+    satellite = SatelliteProcess(tmp_path, files["wav"], "satellite.fallback_local=true")
+    try:
+        asyncio.run(satellite.wait_for_log("/ replied:", timeout_s=120))
+    finally:
+        code = satellite.stop()
+    assert code == 0, satellite.log()
+    log = satellite.log()
+    assert "Home Assistant is not connected; answering here" in log
+    heard = next(line for line in log.splitlines() if "/ replied:" in line)
+    assert "capital" in heard.lower() and "france" in heard.lower(), heard
+    reply = read_wav(satellite.reply)
+    assert reply.seconds > 1.0 and np.abs(reply.samples).max() > 0.1, f"{reply.seconds:.2f} s of reply"
+    print(heard, f"({reply.seconds:.2f} s spoken)")

@@ -88,7 +88,8 @@ def load_engines(config: Config, stages: frozenset[str] = STAGES) -> Engines:
 
 def run_stages(config: Config) -> frozenset[str]:
     """The stages `voicebot run` loads: as a satellite, Home Assistant hears the question and answers it."""
-    return frozenset({"listen"}) if config.satellite.enabled else STAGES
+    satellite = config.satellite
+    return frozenset({"listen"}) if satellite.enabled and not satellite.fallback_local else STAGES
 
 
 def check_config(config: Config) -> None:

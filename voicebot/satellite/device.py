@@ -32,6 +32,8 @@ from voicebot.config import Config, SatelliteConfig
 from voicebot.earcons import Earcon, Earcons
 from voicebot.engines import Engines
 from voicebot.errors import VoicebotError
+from voicebot.pipeline import Pipeline
+from voicebot.pipeline import State as PipelineState
 from voicebot.satellite.frames import (
     MESSAGE_TYPE_OF,
     PeerError,
@@ -79,11 +81,6 @@ def check_satellite_config(config: SatelliteConfig) -> None:
             decode_encryption_key(config.encryption_key)
         except ValueError as error:
             raise VoicebotError(f"config error: {error}") from None
-    if config.fallback_local:
-        raise VoicebotError(
-            "config error: satellite.fallback_local: answering locally while Home Assistant is away is not "
-            "supported yet; set it to false"
-        )
 
 
 def check_satellite(config: Config) -> list[str]:
@@ -132,6 +129,22 @@ class Peer:
             self.writer.transport.abort()
 
 
+class RelaySource:
+    """The microphone as the satellite hands it on to the local pipeline; None ends it."""
+
+    def __init__(self) -> None:
+        self._frames: asyncio.Queue[AudioChunk | None] = asyncio.Queue(maxsize=4)
+
+    async def put(self, chunk: AudioChunk | None) -> None:
+        """Hand on a chunk, waiting while the pipeline is behind (the source then drops and counts frames)."""
+        await self._frames.put(chunk)
+
+    async def frames(self):
+        """The chunks handed on, until the end."""
+        while (chunk := await self._frames.get()) is not None:
+            yield chunk
+
+
 class Satellite:
     """The ESPHome API server and the satellite behind it: hear the wake word, stream, play the answer."""
 
@@ -164,6 +177,13 @@ class Satellite:
         self._run_ended = False
         self._playing: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._relay: RelaySource | None = None
+        self._answering_locally = False
+        self._local: Pipeline | None = None
+        if self.config.fallback_local:
+            # While Home Assistant is away, the microphone goes to voicebot's own pipeline instead.
+            self._relay = RelaySource()
+            self._local = Pipeline(engines, self._relay, sink, tracer)
 
     # The server.
 
@@ -183,20 +203,33 @@ class Satellite:
             "encrypted" if self._psk else "plaintext",
         )
         self.tracer.emit("satellite_listening", port=self.config.port, encrypted=self._psk is not None)
+        local = None
         try:
-            # Nobody to send a question to before Home Assistant subscribes: an input file waits for it.
-            await self._subscribed.wait()
+            if self._local is not None:
+                local = asyncio.create_task(self._local.run(), name="local-pipeline")
+            else:
+                # Nobody to send a question to before Home Assistant subscribes: an input file waits for it.
+                await self._subscribed.wait()
             listening = False
             async for chunk in self.source.frames():
                 if not listening:
                     listening = True
                     self.on_listening()
-                await self._hear(chunk)
+                if self._answers_locally():
+                    await self._relay.put(chunk)
+                else:
+                    await self._hear(chunk)
+            if local is not None:
+                await self._relay.put(None)
+                await local  # The last local turn is finished; an error in it is raised here.
             log.info("satellite: the input ended; still serving announcements")
             if self._playing is not None:
                 await asyncio.gather(self._playing, return_exceptions=True)
             await asyncio.Event().wait()
         finally:
+            if local is not None and not local.done():
+                local.cancel()
+                await asyncio.gather(local, return_exceptions=True)
             server.close()
             for peer in list(self._peers):
                 peer.writer.transport.abort()
@@ -340,6 +373,20 @@ class Satellite:
         self._set_state(State.IDLE)
 
     # The microphone.
+
+    def _answers_locally(self) -> bool:
+        """Whether this chunk goes to the local pipeline: Home Assistant is away, or a local turn is not over."""
+        if self._local is None or self.state is not State.IDLE:
+            return False
+        if self._voice is None or self._local.state is not PipelineState.IDLE:
+            if not self._answering_locally:
+                self._answering_locally = True
+                log.info("satellite: Home Assistant is not connected; answering here")
+            return True
+        if self._answering_locally:
+            self._answering_locally = False
+            log.info("satellite: Home Assistant is connected; questions go to it")
+        return False
 
     async def _hear(self, chunk: AudioChunk) -> None:
         worker, wake = self.engines.listen_worker, self.engines.wake
