@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -58,6 +59,18 @@ def run_voicebot(*args: str, timeout: float = TIMEOUT_S, env: dict | None = None
         env={**os.environ, **(env or {})},
         cwd=REPO,
     )
+
+
+def trace_events(path: Path) -> list[dict]:
+    """The events a running voicebot has written to its --trace file so far (a line still being written is left out)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.endswith("}")]
+
+
+def named(events: list[dict], name: str) -> list[dict]:
+    """The events called `name`, in order."""
+    return [event for event in events if event["event"] == name]
 
 
 def speech_span(path: Path, level: float = 0.02) -> tuple[float, float]:

@@ -44,7 +44,9 @@ def test_on_this_machine_only_the_missing_sound_card_is_a_problem():
     problems = lines_marked(result.stdout, "FAIL")
     assert [line.split(":")[0] for line in problems] == ["[FAIL] microphone", "[FAIL] speaker"], result.stdout
     areas = [line.split("]")[1].split(":")[0].strip() for line in lines_marked(result.stdout, "ok")]
-    assert areas == ["platform", "config", "llama.cpp", "models", "cores", "memory", "sound server", "http"], result.stdout
+    assert areas == ["platform", "config", "llama.cpp", "models", "cores", "memory", "sound server", "http"], (
+        result.stdout
+    )
     assert result.stdout.rstrip().endswith("voicebot check: 2 problem(s), 0 warning(s)")
     assert "Traceback" not in result.stderr
 
@@ -188,3 +190,19 @@ def test_a_lan_address_under_the_system_unit_needs_the_drop_in(tmp_path):
     assert [f.status for f in without if "IPAddressAllow" in f.found] == [Status.WARN]
     assert "voicebot-lan.conf" in without[-1].fix
     assert not [f for f in with_drop_in if "IPAddressAllow" in f.found]
+
+
+def test_a_satellite_on_the_lan_without_encryption_is_a_warning():
+    from voicebot.doctor import check_satellite_exposure
+
+    def satellite(**settings):
+        return config_from_dict({"profile": "bundled", "satellite": {"enabled": True, **settings}})
+
+    [open_lan] = check_satellite_exposure(satellite(host="0.0.0.0"))
+    [encrypted] = check_satellite_exposure(satellite(host="0.0.0.0", encryption_key="A" * 43 + "="))
+    [loopback] = check_satellite_exposure(satellite())
+
+    assert open_lan.status is Status.WARN and "hear its microphone" in open_lan.found
+    assert encrypted.status is Status.OK and "encrypted" in encrypted.found
+    assert loopback.status is Status.OK and "loopback only" in loopback.found
+    assert check_satellite_exposure(config_from_dict({"profile": "bundled"})) == []

@@ -8,30 +8,17 @@ complete, and requests over the queue's cap get 429.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-from conftest import build_wav, espeak
+from conftest import build_wav, espeak, named, trace_events
 from http_server import ServerProcess
 
 QUESTION = "What is the capital of France?"
 STREAMS = 8
 GAP_S = 12.0
-
-
-def events(trace: Path) -> list[dict]:
-    if not trace.exists():
-        return []
-    lines = trace.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.endswith("}")]
-
-
-def named(trace_events: list[dict], name: str) -> list[dict]:
-    return [e for e in trace_events if e["event"] == name]
 
 
 def wait_for(condition, timeout_s: float, what: str, process: ServerProcess) -> None:
@@ -66,9 +53,9 @@ def test_a_voice_turn_goes_first_while_eight_http_streams_are_open(tmp_path, spe
     ]  # fmt: skip
     voicebot = ServerProcess("run", options, tmp_path / "run.log").wait_ready()
     try:
-        wait_for(lambda: len(named(events(trace), "turn_end")) >= 2, 60, "the second turn's end", voicebot)
+        wait_for(lambda: len(named(trace_events(trace), "turn_end")) >= 2, 60, "the second turn's end", voicebot)
         # The streams open as the third question begins: they are generating while it is spoken and answered.
-        wait_for(lambda: len(named(events(trace), "wake")) >= 3, 60, "the third wake word", voicebot)
+        wait_for(lambda: len(named(trace_events(trace), "wake")) >= 3, 60, "the third wake word", voicebot)
 
         body = {
             "messages": [
@@ -99,7 +86,7 @@ def test_a_voice_turn_goes_first_while_eight_http_streams_are_open(tmp_path, spe
             httpx.post(f"{voicebot.url}v1/chat/completions", json={**body, "stream": False}, timeout=30)
             for _ in range(2)
         ]
-        wait_for(lambda: len(named(events(trace), "turn_end")) >= 3, 90, "the third turn's end", voicebot)
+        wait_for(lambda: len(named(trace_events(trace), "turn_end")) >= 3, 90, "the third turn's end", voicebot)
         voice_turn_ended_at = time.monotonic()
         for thread in threads:
             thread.join(120)
@@ -110,11 +97,11 @@ def test_a_voice_turn_goes_first_while_eight_http_streams_are_open(tmp_path, spe
     assert still_running and code == 0, log
     assert "Traceback" not in log, log
 
-    trace_events = events(trace)
-    transcripts = named(trace_events, "transcript")
+    recorded = trace_events(trace)
+    transcripts = named(recorded, "transcript")
     assert len(transcripts) == 3 and all("capital" in t["text"].lower() for t in transcripts), transcripts
-    assert [e["reason"] for e in named(trace_events, "turn_end")] == ["answered"] * 3
-    assert all(p["history_turns"] == 0 for p in named(trace_events, "llm_prompt"))
+    assert [e["reason"] for e in named(recorded, "turn_end")] == ["answered"] * 3
+    assert all(p["history_turns"] == 0 for p in named(recorded, "llm_prompt"))
     # Everything completed; going over the cap was refused.
     assert sorted(results) == list(range(STREAMS))
     assert all(r["status"] == 200 and r["lines"][-1] == "data: [DONE]" for r in results.values()), [
@@ -127,19 +114,19 @@ def test_a_voice_turn_goes_first_while_eight_http_streams_are_open(tmp_path, spe
     assert "gave way to a voice turn" in log, log
 
     def first_audio_s(turn: int) -> float:
-        ends, starts = named(trace_events, "speech_end"), named(trace_events, "playback_start")
+        ends, starts = named(recorded, "speech_end"), named(recorded, "playback_start")
         return starts[turn]["t"] - ends[turn]["t"]
 
     def first_token_s(turn: int) -> float:
-        prompts, tokens = named(trace_events, "llm_prompt"), named(trace_events, "llm_first_token")
+        prompts, tokens = named(recorded, "llm_prompt"), named(recorded, "llm_first_token")
         return tokens[turn]["t"] - prompts[turn]["t"]
 
     for turn in (1, 2):
-        end = named(trace_events, "speech_end")[turn]["t"]
+        end = named(recorded, "speech_end")[turn]["t"]
         steps = ("transcript", "llm_prompt", "llm_first_token", "tts_first_audio", "playback_start")
         print(
             f"turn {turn + 1}:",
-            ", ".join(f"{name} {named(trace_events, name)[turn]['t'] - end:+.3f}" for name in steps),
+            ", ".join(f"{name} {named(recorded, name)[turn]['t'] - end:+.3f}" for name in steps),
             f"asr_s {transcripts[turn]['asr_s']}",
         )
     alone, with_streams = first_audio_s(1), first_audio_s(2)
@@ -176,12 +163,12 @@ def test_an_answer_typed_on_the_page_can_be_spoken_through_the_speaker(tmp_path)
         }
         answer = httpx.post(f"{voicebot.url}v1/chat/completions", json=body, timeout=60).json()
         text = answer["choices"][0]["message"]["content"]
-        wait_for(lambda: named(events(trace), "turn_end"), 60, "the spoken answer's end", voicebot)
-        states = [e["state"] for e in named(events(trace), "state")]
+        wait_for(lambda: named(trace_events(trace), "turn_end"), 60, "the spoken answer's end", voicebot)
+        states = [e["state"] for e in named(trace_events(trace), "state")]
     finally:
         assert voicebot.stop() == 0, voicebot.log()
 
-    assert named(events(trace), "turn_end")[0]["reason"] == "spoken"
+    assert named(trace_events(trace), "turn_end")[0]["reason"] == "spoken"
     assert "speaking" in states and states[-1] == "idle", states
     model_dir = resolve_asr(config_from_dict({"profile": "bundled"}))
     whisper = WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=2)

@@ -51,16 +51,22 @@ def run(coro, timeout: float = 120):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
+async def long_typed_answer_under_way(service: LlmService, order: list[str]) -> asyncio.Task[str]:
+    """A 60-token typed answer, once its first 5 pieces are written; each piece logs "typed" in `order`."""
+    long_answer = Sampling(max_tokens=60, temperature=0.0, seed=1)
+    typed = asyncio.create_task(
+        collect(service.generate("web", asking("Tell me about the history of bread."), long_answer), order, "typed")
+    )
+    while order.count("typed") < 5:  # noqa: ASYNC110 - waits on a list the stream fills
+        await asyncio.sleep(0.005)
+    return typed
+
+
 def test_a_voice_turn_overtakes_a_typed_generation_within_one_step_and_the_typed_one_resumes(chat, worker):
     async def scenario():
         service = LlmService(chat, worker)
         order: list[str] = []
-        long_answer = Sampling(max_tokens=60, temperature=0.0, seed=1)
-        typed = asyncio.create_task(
-            collect(service.generate("web", asking("Tell me about the history of bread."), long_answer), order, "typed")
-        )
-        while order.count("typed") < 5:  # noqa: ASYNC110 - waits on a list the stream fills
-            await asyncio.sleep(0.005)
+        typed = await long_typed_answer_under_way(service, order)
         typed_before_voice = order.count("typed")
         voice = await collect(
             service.generate("voice", asking("What is two plus two?"), GREEDY, Priority.VOICE), order, "voice"
@@ -171,12 +177,7 @@ def test_a_voice_hold_pauses_typed_work_at_its_next_token_until_released(chat, w
     async def scenario():
         service = LlmService(chat, worker)
         order: list[str] = []
-        long_answer = Sampling(max_tokens=60, temperature=0.0, seed=1)
-        typed = asyncio.create_task(
-            collect(service.generate("web", asking("Tell me about the history of bread."), long_answer), order, "typed")
-        )
-        while order.count("typed") < 5:  # noqa: ASYNC110 - waits on a list the stream fills
-            await asyncio.sleep(0.005)
+        typed = await long_typed_answer_under_way(service, order)
         hold = service.hold_for_voice("voice")
         await asyncio.sleep(0.3)  # as long as a transcription: nothing typed may be written meanwhile
         during_hold = order.count("typed")

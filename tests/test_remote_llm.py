@@ -7,81 +7,23 @@ says sorry and the next turn works once the server is back.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
-from conftest import REPO, build_wav, espeak
+from conftest import build_wav, espeak, named, trace_events
 from http_server import ServerProcess, free_port
+from llama_peer import LlamaServer
 
 from voicebot.config import config_from_dict
 from voicebot.doctor import Status, check_remote_engines
-from voicebot.models import resolve_llm
 
 QUESTION = "What is the capital of France?"
 
 
-class LlamaServer:
-    """python -m llama_cpp.server running the bundled model."""
-
-    def __init__(self, log_path: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.log_path = log_path
-        model = resolve_llm(config_from_dict({"profile": "bundled"}))
-        self._log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(self.port)]
-            + ["--n_ctx", "2048", "--n_threads", "1", "--model_alias", "smollm2"],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.process.poll() is None, self.log()
-            try:
-                if httpx.get(f"{self.url}/models", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"llama_cpp.server did not start:\n{self.log()}"
-            time.sleep(0.2)
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def requests(self) -> int:
-        return self.log().count("POST /v1/chat/completions")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=20)
-        self._log.close()
-
-
 def remote_config(url: str, fallback: bool):
     return config_from_dict({"profile": "bundled", "llm": {"backend": "openai", "url": url, "fallback": fallback}})
-
-
-def events(trace: Path) -> list[dict]:
-    if not trace.exists():
-        return []
-    return [json.loads(line) for line in trace.read_text(encoding="utf-8").splitlines() if line.endswith("}")]
-
-
-def named(trace_events: list[dict], name: str) -> list[dict]:
-    return [e for e in trace_events if e["event"] == name]
 
 
 def wait_until(condition, timeout_s: float, what: str) -> None:
@@ -131,7 +73,7 @@ def test_a_spoken_question_is_answered_by_the_remote_llm(tmp_path, question_wav)
     assert dead_with_fallback.status is Status.WARN and "the local model answers meanwhile" in dead_with_fallback.found
     assert dead_alone.status is Status.FAIL and "llm.fallback is off" in dead_alone.found
     assert code == 0, log
-    trace = events(tmp_path / "trace.jsonl")
+    trace = trace_events(tmp_path / "trace.jsonl")
     assert [e["reason"] for e in named(trace, "turn_end")] == ["answered"]
     assert named(trace, "llm_prompt")[0]["backend"] == "openai"
     assert not named(trace, "engine_fallback")
@@ -158,7 +100,7 @@ def test_a_remote_llm_frozen_mid_answer_hands_over_to_the_local_one(tmp_path, qu
         server.stop()
 
     assert code == 0, log
-    trace = events(tmp_path / "trace.jsonl")
+    trace = trace_events(tmp_path / "trace.jsonl")
     [fallback] = named(trace, "engine_fallback")
     assert fallback["stage"] == "llm" and "sent nothing for 2 s (llm.timeout_s)" in fallback["error"]
     assert [e["reason"] for e in named(trace, "turn_end")] == ["answered"]
@@ -170,7 +112,7 @@ def test_a_remote_llm_killed_mid_turn_hands_over_to_the_local_one(tmp_path, ques
     server = LlamaServer(tmp_path / "llama.log")
     try:
         voicebot = ServerProcess("run", run_options(tmp_path, question_wav, server.url), tmp_path / "run.log")
-        wait_until(lambda: named(events(tmp_path / "trace.jsonl"), "wake"), 60, "wake word")
+        wait_until(lambda: named(trace_events(tmp_path / "trace.jsonl"), "wake"), 60, "wake word")
         server.stop()  # killed while the question is being asked
         code = voicebot.process.wait(timeout=120)
         log = voicebot.log()
@@ -179,7 +121,7 @@ def test_a_remote_llm_killed_mid_turn_hands_over_to_the_local_one(tmp_path, ques
         server.stop()
 
     assert code == 0, log
-    trace = events(tmp_path / "trace.jsonl")
+    trace = trace_events(tmp_path / "trace.jsonl")
     [fallback] = named(trace, "engine_fallback")
     assert fallback["stage"] == "llm" and "cannot reach the LLM server" in fallback["error"]
     assert [e["reason"] for e in named(trace, "turn_end")] == ["answered"]
@@ -194,7 +136,7 @@ def test_with_no_local_llm_a_dead_server_gets_an_apology_and_the_next_turn_works
     voicebot = ServerProcess("run", options, tmp_path / "run.log")
     server = None
     try:
-        wait_until(lambda: named(events(tmp_path / "trace.jsonl"), "turn_end"), 60, "first turn's end")
+        wait_until(lambda: named(trace_events(tmp_path / "trace.jsonl"), "turn_end"), 60, "first turn's end")
         server = LlamaServer(tmp_path / "llama.log", port=port)  # back before the second question
         code = voicebot.process.wait(timeout=120)
         log = voicebot.log()
@@ -204,7 +146,7 @@ def test_with_no_local_llm_a_dead_server_gets_an_apology_and_the_next_turn_works
             server.stop()
 
     assert code == 0, log
-    trace = events(tmp_path / "trace.jsonl")
+    trace = trace_events(tmp_path / "trace.jsonl")
     assert [e["reason"] for e in named(trace, "turn_end")] == ["error", "answered"]
     assert [e["language"] for e in named(trace, "apology")] == ["en"]
     spoken = [e["text"] for e in named(trace, "sentence")]

@@ -7,52 +7,16 @@ take over, and the trace says so.
 
 from __future__ import annotations
 
-import json
-import socket
 import time
 from pathlib import Path
 
 import pytest
-from conftest import build_wav, espeak
-from http_server import ServerProcess, free_port
+from conftest import build_wav, espeak, named, trace_events
+from http_server import ServerProcess
+from llama_peer import LlamaServer
+from wyoming_peer import WyomingProcess
 
 QUESTION = "What is the capital of France?"
-
-
-class WyomingProcess(ServerProcess):
-    """`voicebot wyoming` on free ports, ready once its speech-to-text port accepts connections."""
-
-    def __init__(self, log_path: Path) -> None:
-        self.asr_port, self.tts_port, self.handle_port = free_port(), free_port(), free_port()
-        ports = [
-            "--set", f"wyoming.asr_port={self.asr_port}",
-            "--set", f"wyoming.tts_port={self.tts_port}",
-            "--set", f"wyoming.handle_port={self.handle_port}",
-        ]  # fmt: skip
-        super().__init__("wyoming", ["--set", "profile=bundled", *ports], log_path)
-
-    def wait_ready(self) -> WyomingProcess:
-        deadline = time.monotonic() + 90
-        for port in (self.asr_port, self.tts_port):
-            while True:
-                assert self.process.poll() is None, self.log()
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, f"voicebot wyoming did not listen:\n{self.log()}"
-                    time.sleep(0.2)
-        return self
-
-
-def events(trace: Path) -> list[dict]:
-    if not trace.exists():
-        return []
-    return [json.loads(line) for line in trace.read_text(encoding="utf-8").splitlines() if line.endswith("}")]
-
-
-def named(trace_events: list[dict], name: str) -> list[dict]:
-    return [e for e in trace_events if e["event"] == name]
 
 
 def run_voicebot(folder: Path, wav: Path, *options: str) -> tuple[int, str, list[dict]]:
@@ -66,7 +30,7 @@ def run_voicebot(folder: Path, wav: Path, *options: str) -> tuple[int, str, list
     code = voicebot.process.wait(timeout=150)
     log = voicebot.log()
     voicebot.stop()
-    return code, log, events(trace)
+    return code, log, trace_events(trace)
 
 
 def first_audio_s(trace: list[dict]) -> float:
@@ -82,11 +46,11 @@ def question_wav(tmp_path, speech_dir):
 def remote(server: WyomingProcess, fallback: bool) -> list[str]:
     return [
         "--set", "asr.backend=wyoming",
-        "--set", f"asr.url=tcp://127.0.0.1:{server.asr_port}",
+        "--set", f"asr.url=tcp://127.0.0.1:{server.ports['asr']}",
         "--set", f"asr.fallback={str(fallback).lower()}",
         "--set", "asr.timeout_s=5",
         "--set", "tts.backend=wyoming",
-        "--set", f"tts.url=tcp://127.0.0.1:{server.tts_port}",
+        "--set", f"tts.url=tcp://127.0.0.1:{server.ports['tts']}",
         "--set", f"tts.fallback={str(fallback).lower()}",
         "--set", "tts.timeout_s=3",
     ]  # fmt: skip
@@ -100,11 +64,20 @@ def test_asr_and_tts_on_another_voicebot_answer_as_the_local_ones_do(tmp_path, q
         remote_code, remote_log, remote_trace = run_voicebot(
             tmp_path / "remote", question_wav, *remote(server, fallback=False)
         )
+        llama = LlamaServer(tmp_path / "llama.log")
+        try:
+            llm = ["--set", "llm.backend=openai", "--set", f"llm.url={llama.url}", "--set", "llm.fallback=false"]
+            all_code, all_log, all_remote = run_voicebot(
+                tmp_path / "all-remote", question_wav, *remote(server, fallback=False), *llm
+            )
+        finally:
+            llama.stop()
     finally:
         server.stop()
 
-    assert local_code == 0 and remote_code == 0, remote_log
-    for trace in (local, remote_trace):
+    assert local_code == 0 and remote_code == 0 and all_code == 0, remote_log + all_log
+    assert named(all_remote, "llm_prompt")[0]["backend"] == "openai" and llama.requests() == 1
+    for trace in (local, remote_trace, all_remote):
         assert [e["reason"] for e in named(trace, "turn_end")] == ["answered"]
         assert "capital" in named(trace, "transcript")[0]["text"].lower()
     assert not named(remote_trace, "engine_fallback")
@@ -115,7 +88,8 @@ def test_asr_and_tts_on_another_voicebot_answer_as_the_local_ones_do(tmp_path, q
     assert reply > 20_000, "the remote TTS's answer is missing from the reply"
     print(
         f"first audio after the end of the question: all-local {first_audio_s(local):.3f} s, "
-        f"ASR and TTS over Wyoming {first_audio_s(remote_trace):.3f} s"
+        f"ASR and TTS over Wyoming {first_audio_s(remote_trace):.3f} s, "
+        f"and with the LLM on llama_cpp.server too {first_audio_s(all_remote):.3f} s"
     )
 
 
@@ -132,7 +106,7 @@ def test_a_wyoming_server_killed_mid_turn_hands_over_to_the_local_models(tmp_pat
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 90
-        while not named(events(trace), "wake"):
+        while not named(trace_events(trace), "wake"):
             assert time.monotonic() < deadline and voicebot.process.poll() is None, voicebot.log()
             time.sleep(0.01)
         server.stop()  # killed while the question is being asked
@@ -143,7 +117,7 @@ def test_a_wyoming_server_killed_mid_turn_hands_over_to_the_local_models(tmp_pat
         server.stop()
 
     assert code == 0, log
-    turn = events(trace)
+    turn = trace_events(trace)
     assert [e["reason"] for e in named(turn, "turn_end")] == ["answered"]
     assert {e["stage"] for e in named(turn, "engine_fallback")} == {"asr", "tts"}
     assert "capital" in named(turn, "transcript")[0]["text"].lower()

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from http_server import REPO, free_port
+from http_server import ServerProcess, free_port
 from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
@@ -29,31 +26,14 @@ EVENT_TIMEOUT_S = 30
 READY = "voicebot: serving Wyoming"
 
 
-class WyomingProcess:
+class WyomingProcess(ServerProcess):
     """`voicebot wyoming` with the bundled models; its stdout and stderr go to a log file the test reads."""
 
     def __init__(self, log_path: Path, host: str = "127.0.0.1", options: tuple[str, ...] = ()) -> None:
         self.ports = {"asr": free_port(), "tts": free_port(), "handle": free_port()}
-        self.log_path = log_path
-        self._log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "voicebot",
-                "wyoming",
-                "--set",
-                "profile=bundled",
-                "--set",
-                f"wyoming.host={host}",
-                *(arg for name, port in self.ports.items() for arg in ("--set", f"wyoming.{name}_port={port}")),
-                *options,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        settings = ["--set", "profile=bundled", "--set", f"wyoming.host={host}"]
+        settings += [arg for name, port in self.ports.items() for arg in ("--set", f"wyoming.{name}_port={port}")]
+        super().__init__("wyoming", [*settings, *options], log_path)
 
     def wait_ready(self) -> WyomingProcess:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -64,11 +44,6 @@ class WyomingProcess:
                 raise AssertionError(f"voicebot wyoming exited with {self.process.returncode}:\n{self.log()}")
             time.sleep(0.2)
         raise AssertionError(f"voicebot wyoming was not ready within {START_TIMEOUT_S} s:\n{self.log()}")
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def lines(self) -> list[str]:
         return self.log().splitlines()
@@ -83,17 +58,6 @@ class WyomingProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no log line matching {pattern!r} within {timeout_s} s:\n{self.log()}")
             time.sleep(0.1)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
 
 
 def client(port: int) -> AsyncTcpClient:

@@ -93,6 +93,7 @@ def run_checks(options: CheckOptions) -> list[Finding]:
     findings += check_sound_server()
     findings += check_http(config)
     findings += check_remote_engines(config)
+    findings += check_satellite_exposure(config)
     if options.audio:
         findings += check_audio_devices(config)
     return findings
@@ -149,6 +150,21 @@ async def _probe_remote(backend: str, section, timeout_s: float) -> str:
         raise VoicebotError(f"the LLM server at {section.url} answered {response.status_code} to GET /models")
     models = [m.get("id") for m in response.json().get("data", []) if isinstance(m, dict)]
     return f"{section.url} answers, serving {', '.join(map(str, models)) or 'no model it names'}"
+
+
+def check_satellite_exposure(config: Config) -> list[Finding]:
+    """A satellite streams a microphone: warn of a LAN bind without the ESPHome API's encryption."""
+    if not config.satellite.enabled:
+        return []
+    from voicebot.satellite.device import check_satellite
+
+    warnings = check_satellite(config)
+    fix = "set satellite.encryption_key (openssl rand -base64 32) and give Home Assistant the same key"
+    if warnings:
+        return [Finding("satellite", Status.WARN, warning, fix) for warning in warnings]
+    where = f"{config.satellite.host}:{config.satellite.port}"
+    encrypted = "encrypted" if config.satellite.encryption_key else "loopback only"
+    return [Finding("satellite", Status.OK, f"Home Assistant satellite on {where} ({encrypted})")]
 
 
 SYSTEM_UNIT = Path("/etc/systemd/system/voicebot.service")
