@@ -12,11 +12,6 @@ import asyncio
 import base64
 import functools
 import http.server
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,8 +22,9 @@ from aioesphomeapi import APIClient
 from aioesphomeapi.core import APIConnectionError, InvalidEncryptionKeyAPIError
 from aioesphomeapi.model import VoiceAssistantEventType as Ev
 from aioesphomeapi.model import VoiceAssistantFeature
+from http_server import ServerProcess, free_port
 
-from tests.conftest import REPO, build_wav, espeak, run_voicebot
+from tests.conftest import build_wav, espeak, run_voicebot
 from voicebot.assistant import run_stages
 from voicebot.audio import read_wav
 from voicebot.config import load_config
@@ -41,41 +37,27 @@ KEY = base64.b64encode(bytes(range(32))).decode()
 QUESTION = "what is the capital of france"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class SatelliteProcess:
+class SatelliteProcess(ServerProcess):
     """`voicebot run` as a satellite in a subprocess; its log in a file the test reads."""
 
     def __init__(self, folder: Path, wav: Path, *options: str) -> None:
-        self.port = free_port()
+        satellite_port = free_port()
         self.reply = folder / "reply.wav"
-        self.log_path = folder / "voicebot.log"
-        self._log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "voicebot", "run", "--set", "profile=bundled", "--set", "satellite.enabled=true"]
-            + ["--set", f"satellite.port={self.port}", "--set", "earcons.wake=false"]
-            + [arg for option in options for arg in ("--set", option)]
-            + ["--input", str(wav), "--output", str(self.reply)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        settings = [
+            "profile=bundled",
+            "satellite.enabled=true",
+            f"satellite.port={satellite_port}",
+            "earcons.wake=false",
+        ]
+        arguments = [arg for option in (*settings, *options) for arg in ("--set", option)]
+        super().__init__("run", [*arguments, "--input", str(wav), "--output", str(self.reply)], folder / "voicebot.log")
+        self.port = satellite_port
         deadline = time.monotonic() + START_TIMEOUT_S
         while "serving the ESPHome API" not in self.log():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError(f"the satellite did not start:\n{self.log()}")
             time.sleep(0.2)
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     async def wait_for_log(self, text: str, timeout_s: float = TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
@@ -85,17 +67,6 @@ class SatelliteProcess:
 
     def client(self, noise_psk: str | None = None) -> APIClient:
         return APIClient("127.0.0.1", self.port, None, client_info="test", noise_psk=noise_psk)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
 
 
 @pytest.fixture(scope="module")
