@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 from voicebot.errors import VoicebotError
-from voicebot.llm import ChatModel, Interrupted, KvState, PromptCost, Sampling, StopCheck
+from voicebot.llm import ChatModel, Compression, Conversation, Interrupted, KvState, PromptCost, Sampling, StopCheck
 from voicebot.threads import PinnedWorker
 
 log = logging.getLogger(__name__)
@@ -329,6 +329,17 @@ class LlmService:
         if not self._waiting:
             return False
         return not self._voice_holds or self._waiting[0][1].priority is Priority.VOICE
+
+    def compress(
+        self, conversation: str, history: Conversation, sampling: Sampling, urgent: Priority
+    ) -> asyncio.Future[Compression | None]:
+        """Queue compressing `history`'s old turns, if due, in `conversation`'s KV cache: as background work
+        that anything pre-empts, or at `urgent` priority when the history is so near the budget that it must
+        be compressed before its next question."""
+        priority = urgent if history.must_compress(self.chat) else Priority.BACKGROUND
+        return self.submit(
+            conversation, lambda chat, should_stop: history.compress(chat, sampling, should_stop), priority
+        )
 
     def _enqueue(self, job: _Job) -> None:
         heapq.heappush(self._waiting, (job.sort_key(), job))

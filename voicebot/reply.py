@@ -45,6 +45,27 @@ def speech_seconds(text: str, length_scale: float = 1.0) -> float:
 
 
 @dataclass
+class SpeechBudget:
+    """How much of one reply may be said: pieces are admitted until `limit_s` of speech; the first always is."""
+
+    limit_s: float
+    length_scale: float = 1.0
+    spent_s: float = 0.0
+    pieces: int = 0
+    capped: bool = False
+
+    def admits(self, piece: str) -> bool:
+        """Count `piece` in if it fits; once one does not, the reply is capped."""
+        seconds = speech_seconds(piece, self.length_scale)
+        if self.pieces and self.spent_s + seconds > self.limit_s:
+            self.capped = True
+            return False
+        self.spent_s += seconds
+        self.pieces += 1
+        return True
+
+
+@dataclass
 class SpokenPieces:
     """The pieces of one reply in order, and how many seconds of audio each became."""
 
@@ -96,6 +117,9 @@ class Responder:
         self.sampling = Sampling.from_config(config.llm)
         self.conversation = Conversation(config.conversation, system_prompts(config.llm))
         self._background: set[asyncio.Task[None]] = set()
+
+    def _speech_budget(self) -> SpeechBudget:
+        return SpeechBudget(self.config.conversation.max_reply_s, self.config.tts.length_scale)
 
     def _new_chunker(self, language: str) -> SentenceChunker:
         return SentenceChunker(self.config.tts.first_piece_chars, self.config.tts.max_piece_chars, language=language)
@@ -199,12 +223,7 @@ class Responder:
         llm, chat = self.engines.llm, self.engines.chat
         if llm is None or chat is None or self.engines.remote_llm is not None:
             return  # A remote LLM's history is kept within its budget by dropping the oldest turns.
-        priority = Priority.VOICE if self.conversation.must_compress(chat) else Priority.BACKGROUND
-        compressed = llm.submit(
-            VOICE_CONVERSATION,
-            lambda chat, should_stop: self.conversation.compress(chat, self.sampling, should_stop),
-            priority,
-        )
+        compressed = llm.compress(VOICE_CONVERSATION, self.conversation, self.sampling, Priority.VOICE)
         task = asyncio.create_task(self._report_compression(compressed, tracer or self.tracer), name="compress")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -258,19 +277,14 @@ class Responder:
         """Speak text as it arrives (an answer being written elsewhere), within the same length cap as answers."""
         chunker = self._new_chunker(language)
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
-        budget_s = self.config.conversation.max_reply_s
-        spent_s = 0.0
-        said = 0
+        budget = self._speech_budget()
 
         def admit(piece: str) -> bool:
-            nonlocal spent_s, said
-            seconds = speech_seconds(piece, self.config.tts.length_scale)
-            if said and spent_s + seconds > budget_s:
-                log.warning("text capped at %.0f s of speech (conversation.max_reply_s), %d pieces", budget_s, said)
-                self.tracer.emit("reply_capped", max_reply_s=budget_s, pieces=said)
+            if not budget.admits(piece):
+                limit_s, said = budget.limit_s, budget.pieces
+                log.warning("text capped at %.0f s of speech (conversation.max_reply_s), %d pieces", limit_s, said)
+                self.tracer.emit("reply_capped", max_reply_s=budget.limit_s, pieces=budget.pieces)
                 return False
-            spent_s += seconds
-            said += 1
             self.tracer.emit("sentence", text=piece)
             pieces.put_nowait(piece)
             return True
@@ -302,18 +316,12 @@ class Responder:
         reply: list[str] = []
         held: list[str] = []
         release = pieces.put_nowait if self.streaming else held.append
-        budget_s = self.config.conversation.max_reply_s
-        spent_s = 0.0
-        capped = False
+        budget = self._speech_budget()
 
         def admit(piece: str) -> bool:
-            nonlocal spent_s, capped
-            seconds = speech_seconds(piece, self.config.tts.length_scale)
-            if spent_s and spent_s + seconds > budget_s:
-                capped = True
-                tracer.emit("reply_capped", max_reply_s=budget_s, spoken_s=round(spent_s, 2))
+            if not budget.admits(piece):
+                tracer.emit("reply_capped", max_reply_s=budget.limit_s, spoken_s=round(budget.spent_s, 2))
                 return False
-            spent_s += seconds
             tracer.emit("sentence", text=piece)
             release(piece)
             return True
@@ -321,7 +329,7 @@ class Responder:
         stall_s = self.config.llm.stall_timeout_s
         try:
             async with contextlib.aclosing(answer):
-                while not capped:
+                while not budget.capped:
                     try:
                         token = await asyncio.wait_for(anext(answer), stall_s)
                     except StopAsyncIteration:
@@ -336,16 +344,16 @@ class Responder:
                     for piece in chunker.feed(token):
                         if not admit(piece):
                             break
-            if not capped:
+            if not budget.capped:
                 for piece in chunker.flush():
                     if not admit(piece):
                         break
-            tracer.emit("llm_done", tokens=len(reply), capped=capped)
+            tracer.emit("llm_done", tokens=len(reply), capped=budget.capped)
             for piece in held:
                 pieces.put_nowait(piece)
         finally:
             pieces.put_nowait(None)
-        return "".join(reply), capped
+        return "".join(reply), budget.capped
 
     async def _show(self, pieces: asyncio.Queue[str | None], spoken: SpokenPieces) -> None:
         while (piece := await pieces.get()) is not None:

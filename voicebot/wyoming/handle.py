@@ -102,13 +102,7 @@ class HandleService(Service):
 
     def compress_in_background(self, remembered: _Remembered) -> None:
         """Compress the conversation's old turns, if due, while nothing else wants the model."""
-        conversation = remembered.conversation
-        priority = Priority.TYPED if conversation.must_compress(self.chat) else Priority.BACKGROUND
-        compressed = self.llm.submit(
-            remembered.llm_key,
-            lambda chat, should_stop: conversation.compress(chat, self.sampling, should_stop),
-            priority,
-        )
+        compressed = self.llm.compress(remembered.llm_key, remembered.conversation, self.sampling, Priority.TYPED)
         task = asyncio.create_task(self._report_compression(remembered.name, compressed), name="wyoming-compress")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
