@@ -588,7 +588,7 @@ fi
 # The smoke test: every model of the configured profile loads and does one small piece of work.
 
 stage smoke-test "loading every model once, as $run_user"
-if ! as_run_user "$venv/bin/python" -m voicebot.smoke --config "$config" "${smoke_options[@]}"; then
+if ! as_run_user "$venv/bin/python" -m voicebot.tools.smoke --config "$config" "${smoke_options[@]}"; then
   die "the smoke test failed at the stage named on the FAILED line above; the install is in place but the assistant" \
     "will not run until that is fixed (then run install.sh again)"
 fi

@@ -84,3 +84,45 @@ def speech_span(path: Path, level: float = 0.02) -> tuple[float, float]:
 def speech_dir(tmp_path_factory) -> Path:
     """A folder for synthesised test speech."""
     return tmp_path_factory.mktemp("speech")
+
+
+def engines_fixture(settings: dict, stages: set[str], params: list | None = None, ids=None):
+    """A module-scoped fixture of Engines loaded from the bundled profile with `settings`, for `stages`.
+
+    With `params`, `settings` is a function of the param, and the fixture yields (param, engines).
+    """
+    from voicebot.config import config_from_dict
+    from voicebot.engines import Engines
+    from voicebot.models.paths import resolve_models
+
+    @pytest.fixture(scope="module", params=params, ids=ids)
+    def engines(request):
+        param = getattr(request, "param", None)
+        chosen = settings(param) if params is not None else settings
+        config = config_from_dict({"profile": "bundled", **chosen})
+        wanted = frozenset(stages)
+        loaded = Engines.load(config, resolve_models(config, wanted), wanted)
+        yield (param, loaded) if params is not None else loaded
+        loaded.close()
+
+    return engines
+
+
+@pytest.fixture(scope="module")
+def llm_worker():
+    """A worker thread for a test's own ChatModel, pinned to the last core as llm.cores: auto would be."""
+    from voicebot.runtime.threads import PinnedWorker, available_cores
+
+    worker = PinnedWorker("llm-test", available_cores()[-1:])
+    yield worker
+    worker.close()
+
+
+def bundled_chat(worker, **llm_settings):
+    """The bundled SmolLM2 as a ChatModel on `worker`, greedy and seeded unless `llm_settings` say otherwise."""
+    from voicebot.config import LlmConfig, config_from_dict
+    from voicebot.llm import ChatModel
+    from voicebot.models.paths import resolve_llm
+
+    config = LlmConfig(**{"seed": 1, "temperature": 0.0, **llm_settings})
+    return ChatModel(resolve_llm(config_from_dict({"profile": "bundled"})), config, worker)

@@ -13,7 +13,7 @@ import httpx
 from http_server import REPO, free_port
 
 from voicebot.config import config_from_dict
-from voicebot.models import resolve_llm
+from voicebot.models.paths import resolve_llm
 
 
 class LlamaServer:

@@ -15,7 +15,7 @@ from voicebot.asr import Transcriber, is_junk
 from voicebot.audio import INPUT_RATE_HZ, AudioChunk, read_wav
 from voicebot.config import AsrConfig, config_from_dict
 from voicebot.errors import ConfigError
-from voicebot.models import resolve_asr, resolve_voices
+from voicebot.models.paths import resolve_asr, resolve_voices
 from voicebot.vad import PRE_ROLL_S, TAIL_S
 
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from conftest import data_clip
 
-from voicebot.audio import FRAME_SAMPLES, INPUT_RATE_HZ, AudioChunk, Clock, WavSink, WavSource, read_wav
+from voicebot.audio import FRAME_SAMPLES, INPUT_RATE_HZ, AudioChunk, WavSink, WavSource, read_wav
 from voicebot.errors import AudioInputError
+from voicebot.runtime.clock import Clock
 
 
 def sox(source: Path, target: Path, *options: str, effects: tuple[str, ...] = ()) -> Path:

@@ -84,7 +84,7 @@ def test_short_bench_reports_every_figure(tmp_path):
 
 
 def test_the_voice_and_typed_bench_reports_every_figure(tmp_path):
-    """One round of python -m voicebot.bench_http: it works and reports each figure; no timing is asserted."""
+    """One round of python -m voicebot.tools.bench_http: it works and reports each figure; no timing is asserted."""
     import subprocess
     import sys
 
@@ -95,7 +95,7 @@ def test_the_voice_and_typed_bench_reports_every_figure(tmp_path):
         [
             sys.executable,
             "-m",
-            "voicebot.bench_http",
+            "voicebot.tools.bench_http",
             "--rounds",
             "1",
             "--set",

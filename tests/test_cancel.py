@@ -7,25 +7,18 @@ import time
 import wave
 
 import pytest
+from conftest import engines_fixture
 
-from voicebot.audio import Clock, WavSink
-from voicebot.config import config_from_dict
-from voicebot.engines import Engines
-from voicebot.models import resolve_models
+from voicebot.audio import WavSink
 from voicebot.reply import Responder
-from voicebot.trace import Tracer
+from voicebot.runtime.clock import Clock
+from voicebot.runtime.trace import Tracer
 
 TIMEOUT_S = 60
 LONG_ANSWER = "Tell me a long story about a lighthouse keeper and his dog."
 
 
-@pytest.fixture(scope="module")
-def engines():
-    config = config_from_dict({"profile": "bundled", "llm": {"seed": 5, "max_reply_tokens": 400}})
-    stages = frozenset({"llm", "tts"})
-    loaded = Engines.load(config, resolve_models(config, stages), stages)
-    yield loaded
-    loaded.close()
+engines = engines_fixture({"llm": {"seed": 5, "max_reply_tokens": 400}}, {"llm", "tts"})
 
 
 async def wait_for_event(tracer: Tracer, name: str) -> None:
@@ -38,7 +31,7 @@ def test_cancelling_stops_generation_synthesis_and_playback(engines, tmp_path, c
     async def scenario():
         clock = Clock()
         tracer = Tracer(clock, keep=True)
-        sink = WavSink(tmp_path / "reply.wav", clock, realtime=True, rate_hz=engines.synthesizer.rate_hz)
+        sink = WavSink(tmp_path / "reply.wav", clock, realtime=True, rate_hz=engines.tts.rate_hz)
         reply = asyncio.create_task(Responder(engines, sink, tracer).respond(LONG_ANSWER))
         await asyncio.wait_for(wait_for_event(tracer, cancel_after), TIMEOUT_S)
         cancelled_at = clock.now()
@@ -47,8 +40,8 @@ def test_cancelling_stops_generation_synthesis_and_playback(engines, tmp_path, c
         stopped_in_s = clock.now() - cancelled_at
         # Both workers are free again at once: nothing is still generating or synthesising.
         started = time.monotonic()
-        await asyncio.wait_for(engines.llm_worker.run(lambda: None), 2.0)
-        await asyncio.wait_for(engines.tts_worker.run(lambda: None), 2.0)
+        await asyncio.wait_for(engines.worker("llm").run(lambda: None), 2.0)
+        await asyncio.wait_for(engines.worker("tts").run(lambda: None), 2.0)
         workers_free_in_s = time.monotonic() - started
         events_before = len(tracer.events)
         await asyncio.sleep(0.5)
@@ -71,7 +64,7 @@ def test_a_new_reply_works_after_a_cancelled_one(engines, tmp_path):
     async def scenario():
         clock = Clock()
         tracer = Tracer(clock, keep=True)
-        sink = WavSink(tmp_path / "reply.wav", clock, realtime=False, rate_hz=engines.synthesizer.rate_hz)
+        sink = WavSink(tmp_path / "reply.wav", clock, realtime=False, rate_hz=engines.tts.rate_hz)
         responder = Responder(engines, sink, tracer)
         first = asyncio.create_task(responder.respond(LONG_ANSWER))
         await asyncio.wait_for(wait_for_event(tracer, "sentence"), TIMEOUT_S)

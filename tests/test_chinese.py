@@ -16,7 +16,7 @@ from voicebot.asr import Transcriber
 from voicebot.audio import INPUT_RATE_HZ, AudioChunk, read_wav
 from voicebot.chunker import SentenceChunker
 from voicebot.config import TtsConfig, config_from_dict
-from voicebot.models import resolve_asr, resolve_voices
+from voicebot.models.paths import resolve_asr, resolve_voices
 from voicebot.tts import Synthesizer
 
 

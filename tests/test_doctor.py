@@ -5,7 +5,14 @@ from __future__ import annotations
 from conftest import run_voicebot
 
 from voicebot.config import config_from_dict
-from voicebot.doctor import SoundServer, Status, check_llama_build, check_memory, check_sound_server, find_sound_servers
+from voicebot.tools.doctor import (
+    SoundServer,
+    Status,
+    check_llama_build,
+    check_memory,
+    check_sound_server,
+    find_sound_servers,
+)
 
 # As llama.cpp prints it for a build with GGML_NATIVE on a Raspberry Pi 5 (Cortex-A76).
 PI5_BUILD = "CPU : NEON = 1 | ARM_FMA = 1 | FP16_VA = 1 | DOTPROD = 1 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 |"
@@ -154,8 +161,8 @@ def http_config(**http) -> object:
 def test_http_off_enabled_free_unsafe_or_taken_are_told_apart(tmp_path):
     import socket
 
-    from voicebot.doctor import check_http
-    from voicebot.http.app import is_loopback
+    from voicebot.runtime.net import is_loopback
+    from voicebot.tools.doctor import check_http
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -176,7 +183,7 @@ def test_http_off_enabled_free_unsafe_or_taken_are_told_apart(tmp_path):
 
 
 def test_a_lan_address_under_the_system_unit_needs_the_drop_in(tmp_path):
-    from voicebot.doctor import check_http
+    from voicebot.tools.doctor import check_http
 
     unit = tmp_path / "voicebot.service"
     unit.write_text("[Service]\nIPAddressDeny=any\nIPAddressAllow=localhost\n")
@@ -193,7 +200,7 @@ def test_a_lan_address_under_the_system_unit_needs_the_drop_in(tmp_path):
 
 
 def test_a_satellite_on_the_lan_without_encryption_is_a_warning():
-    from voicebot.doctor import check_satellite_exposure
+    from voicebot.tools.doctor import check_satellite_exposure
 
     def satellite(**settings):
         return config_from_dict({"profile": "bundled", "satellite": {"enabled": True, **settings}})

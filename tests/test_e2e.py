@@ -55,7 +55,7 @@ def whisper():
     from faster_whisper import WhisperModel
 
     from voicebot.config import config_from_dict
-    from voicebot.models import resolve_asr
+    from voicebot.models.paths import resolve_asr
 
     model_dir = resolve_asr(config_from_dict({"profile": "bundled"}))
     return WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=2)

@@ -35,7 +35,7 @@ from voicebot.echo import (
     room_impulse_response,
 )
 from voicebot.errors import ConfigError
-from voicebot.models import resolve_voices
+from voicebot.models.paths import resolve_voices
 from voicebot.tts import Synthesizer
 from voicebot.wake import WakeDetection, WakeWordDetector
 

@@ -21,7 +21,7 @@ import pytest
 
 from voicebot.config import config_from_dict
 from voicebot.errors import ModelNotFoundError
-from voicebot.fetch import (
+from voicebot.models.fetch import (
     MIRROR_ENV,
     ChecksumError,
     DownloadError,
@@ -35,8 +35,8 @@ from voicebot.fetch import (
     run_models_command,
     verify_model,
 )
-from voicebot.models import resolve_models
-from voicebot.registry import REGISTRY, ModelEntry, ModelFile
+from voicebot.models.paths import resolve_models
+from voicebot.models.registry import REGISTRY, ModelEntry, ModelFile
 
 pytestmark = pytest.mark.timeout(60)
 

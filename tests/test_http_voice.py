@@ -143,7 +143,7 @@ def test_an_answer_typed_on_the_page_can_be_spoken_through_the_speaker(tmp_path)
     from faster_whisper import WhisperModel
 
     from voicebot.config import config_from_dict
-    from voicebot.models import resolve_asr
+    from voicebot.models.paths import resolve_asr
 
     wav = build_wav(tmp_path / "input.wav", [40.0])  # a quiet room
     trace, reply = tmp_path / "trace.jsonl", tmp_path / "reply.wav"

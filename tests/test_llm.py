@@ -6,35 +6,25 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import bundled_chat
 
-from voicebot.config import ConversationConfig, LlmConfig, config_from_dict
+from voicebot.config import ConversationConfig
 from voicebot.errors import RequestTooLargeError
 from voicebot.llm import (
     COMPRESS_ABOVE,
     COMPRESS_REGARDLESS_ABOVE,
-    ChatModel,
     Conversation,
     Interrupted,
     Sampling,
     prompt_budget,
 )
-from voicebot.models import resolve_llm
-from voicebot.threads import PinnedWorker, available_cores
 
 PROMPTS = {"en": "You are a helpful assistant. Be brief.", "zh": "你是一个有用的助手。请简短回答。"}
 
 
 @pytest.fixture(scope="module")
-def worker():
-    worker = PinnedWorker("llm-test", available_cores()[-1:])
-    yield worker
-    worker.close()
-
-
-@pytest.fixture(scope="module")
-def chat(worker):
-    config = LlmConfig(context_tokens=512, max_reply_tokens=64, seed=1, temperature=0.0)
-    return ChatModel(resolve_llm(config_from_dict({"profile": "bundled"})), config, worker)
+def chat(llm_worker):
+    return bundled_chat(llm_worker, context_tokens=512, max_reply_tokens=64)
 
 
 def test_the_history_reaches_the_model_in_its_own_chat_template(chat):
@@ -68,7 +58,7 @@ def test_the_language_picks_the_system_prompt(chat):
     assert PROMPTS["en"] in english
 
 
-def test_a_long_history_is_compressed_in_one_block_well_below_the_budget(chat, worker):
+def test_a_long_history_is_compressed_in_one_block_well_below_the_budget(chat, llm_worker):
     conversation = Conversation(ConversationConfig(compress="drop"), PROMPTS)
     for number in range(12):
         conversation.add(f"Question {number}: tell me about topic {number}.", f"Topic {number} is interesting. " * 4)
@@ -76,7 +66,7 @@ def test_a_long_history_is_compressed_in_one_block_well_below_the_budget(chat, w
     before = len(chat.prompt_tokens(conversation.messages(), add_generation_prompt=False))
     assert before > budget
 
-    done = worker.call(conversation.compress, chat, Sampling(max_tokens=8, seed=1))
+    done = llm_worker.call(conversation.compress, chat, Sampling(max_tokens=8, seed=1))
 
     after = len(chat.prompt_tokens(conversation.messages(), add_generation_prompt=False))
     assert done is not None and done.method == "drop" and done.tokens_before == before
@@ -86,15 +76,15 @@ def test_a_long_history_is_compressed_in_one_block_well_below_the_budget(chat, w
     assert kept and kept[-1].startswith("Question 11:")
     assert kept == [f"Question {n}: tell me about topic {n}." for n in range(12 - len(kept), 12)]
     # A history under the threshold is left alone, so the KV cache stays valid.
-    assert worker.call(conversation.compress, chat, Sampling(max_tokens=8, seed=1)) is None
+    assert llm_worker.call(conversation.compress, chat, Sampling(max_tokens=8, seed=1)) is None
 
 
-def test_summary_compression_keeps_a_summary_in_the_system_prompt(chat, worker):
+def test_summary_compression_keeps_a_summary_in_the_system_prompt(chat, llm_worker):
     conversation = Conversation(ConversationConfig(compress="summary"), PROMPTS)
     for number in range(8):
         conversation.add(f"My cat number {number} is called Tom{number}.", f"Nice, Tom{number} is a fine name. " * 3)
 
-    done = worker.call(conversation.compress, chat, Sampling(max_tokens=8, seed=1, temperature=0.0))
+    done = llm_worker.call(conversation.compress, chat, Sampling(max_tokens=8, seed=1, temperature=0.0))
 
     assert done is not None and done.method == "summary" and conversation.summary
     system = conversation.messages()[0]["content"]
@@ -102,7 +92,7 @@ def test_summary_compression_keeps_a_summary_in_the_system_prompt(chat, worker):
     assert done.tokens_after < done.tokens_before
 
 
-def test_most_turns_evaluate_only_the_new_question(chat, worker):
+def test_most_turns_evaluate_only_the_new_question(chat, llm_worker):
     conversation = Conversation(ConversationConfig(), PROMPTS)
     sampling = Sampling(max_tokens=24, seed=1, temperature=0.0)
 
@@ -114,7 +104,7 @@ def test_most_turns_evaluate_only_the_new_question(chat, worker):
 
     costs = []
     for question in ("What is the capital of France?", "And of Italy?", "Which is bigger?"):
-        tokens, cost, answer = worker.call(turn, question)
+        tokens, cost, answer = llm_worker.call(turn, question)
         conversation.add(question, answer)
         costs.append((cost, len(chat.prompt_tokens([{"role": "user", "content": question}], False))))
 
@@ -178,64 +168,66 @@ class StopAt:
 
 @pytest.mark.parametrize("stop_at_call", [1, 2, 5, 12])
 def test_a_compression_interrupted_anywhere_leaves_the_history_and_the_kv_cache_as_they_were(
-    chat, worker, stop_at_call
+    chat, llm_worker, stop_at_call
 ):
     conversation = history_between(chat, COMPRESS_ABOVE, COMPRESS_REGARDLESS_ABOVE)
     exchanges, summary = list(conversation.exchanges), conversation.summary
     # As after a reply: the KV cache holds the whole history.
-    worker.call(chat.prefill, chat.prompt_tokens(conversation.messages(), False))
+    llm_worker.call(chat.prefill, chat.prompt_tokens(conversation.messages(), False))
     question = "What is my first cat called?"
-    next_prompt = worker.call(conversation.prompt, question, "en", chat)
-    uninterrupted_cost = worker.call(chat.prompt_cost, next_prompt)
+    next_prompt = llm_worker.call(conversation.prompt, question, "en", chat)
+    uninterrupted_cost = llm_worker.call(chat.prompt_cost, next_prompt)
 
     stop = StopAt(stop_at_call)
     with pytest.raises(Interrupted):
-        worker.call(conversation.compress, chat, Sampling(max_tokens=8, seed=1, temperature=0.0), stop)
+        llm_worker.call(conversation.compress, chat, Sampling(max_tokens=8, seed=1, temperature=0.0), stop)
 
     assert stop.calls == stop_at_call  # it stopped at the first check that said so
     assert conversation.exchanges == exchanges and conversation.summary == summary
     # The question asked meanwhile finds its history in the cache, as if nothing had run.
-    assert worker.call(chat.prompt_cost, next_prompt) == uninterrupted_cost
+    assert llm_worker.call(chat.prompt_cost, next_prompt) == uninterrupted_cost
     assert uninterrupted_cost.evaluated < 0.1 * uninterrupted_cost.tokens
 
 
-def test_an_uninterrupted_compression_checks_often_and_leaves_its_prefix_in_the_cache(chat, worker):
+def test_an_uninterrupted_compression_checks_often_and_leaves_its_prefix_in_the_cache(chat, llm_worker):
     conversation = history_between(chat, COMPRESS_ABOVE, COMPRESS_REGARDLESS_ABOVE)
     stop = StopAt(10**6)
 
-    done = worker.call(conversation.compress, chat, Sampling(max_tokens=8, seed=1, temperature=0.0), stop)
+    done = llm_worker.call(conversation.compress, chat, Sampling(max_tokens=8, seed=1, temperature=0.0), stop)
 
     assert done is not None and done.method == "summary"
     # A check at least every prefill block and every generated token of the summary.
     assert stop.calls >= done.tokens_evaluated // 64 + 2
-    next_prompt = worker.call(conversation.prompt, "What is my first cat called?", "en", chat)
-    cost = worker.call(chat.prompt_cost, next_prompt)
+    next_prompt = llm_worker.call(conversation.prompt, "What is my first cat called?", "en", chat)
+    cost = llm_worker.call(chat.prompt_cost, next_prompt)
     assert cost.cached == done.tokens_after
 
 
-def test_a_history_near_the_budget_is_compressed_even_when_a_question_waits(chat, worker):
+def test_a_history_near_the_budget_is_compressed_even_when_a_question_waits(chat, llm_worker):
     conversation = history_between(chat, COMPRESS_REGARDLESS_ABOVE, 1.0)
 
-    done = worker.call(conversation.compress, chat, Sampling(max_tokens=8, seed=1), lambda: True)
+    done = llm_worker.call(conversation.compress, chat, Sampling(max_tokens=8, seed=1), lambda: True)
 
     assert done is not None and done.tokens_after < done.tokens_before
 
 
-def test_a_saved_kv_cache_comes_back_after_other_work(chat, worker):
+def test_a_saved_kv_cache_comes_back_after_other_work(chat, llm_worker):
     conversation = Conversation(ConversationConfig(), PROMPTS)
     conversation.add("Remember the word banana.", "OK, I will remember the word banana.")
     history = chat.prompt_tokens(conversation.messages(), False)
-    worker.call(chat.prefill, history)
-    saved = worker.call(chat.save_state)
+    llm_worker.call(chat.prefill, history)
+    saved = llm_worker.call(chat.save_state)
 
-    worker.call(chat.prefill, chat.prompt_tokens([{"role": "user", "content": "Something else entirely."}]))
-    assert worker.call(chat.prompt_cost, history).cached < len(history) // 4  # only the template's opening is shared
-    worker.call(chat.load_state, saved)
+    llm_worker.call(chat.prefill, chat.prompt_tokens([{"role": "user", "content": "Something else entirely."}]))
+    assert (
+        llm_worker.call(chat.prompt_cost, history).cached < len(history) // 4
+    )  # only the template's opening is shared
+    llm_worker.call(chat.load_state, saved)
 
     assert saved.tokens == tuple(history)
-    assert worker.call(chat.prompt_cost, history).cached == len(history) - 1  # the last one is re-evaluated
+    assert llm_worker.call(chat.prompt_cost, history).cached == len(history) - 1  # the last one is re-evaluated
     sampling = Sampling(max_tokens=6, seed=1, temperature=0.0)
-    restored = worker.call(chat.complete, history + [chat._llama.tokenize(b"\n", add_bos=False)[0]], sampling)
-    worker.call(chat.forget_cache)
-    fresh = worker.call(chat.complete, history + [chat._llama.tokenize(b"\n", add_bos=False)[0]], sampling)
+    restored = llm_worker.call(chat.complete, history + [chat._llama.tokenize(b"\n", add_bos=False)[0]], sampling)
+    llm_worker.call(chat.forget_cache)
+    fresh = llm_worker.call(chat.complete, history + [chat._llama.tokenize(b"\n", add_bos=False)[0]], sampling)
     assert restored == fresh

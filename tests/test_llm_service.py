@@ -5,27 +5,17 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from conftest import bundled_chat
 
-from voicebot.config import LlmConfig, config_from_dict
 from voicebot.llm import ChatModel, Sampling
 from voicebot.llm_service import LlmBusyError, LlmService, Priority
-from voicebot.models import resolve_llm
-from voicebot.threads import PinnedWorker, available_cores
 
 GREEDY = Sampling(max_tokens=40, temperature=0.0, seed=1)
 
 
 @pytest.fixture(scope="module")
-def worker():
-    worker = PinnedWorker("llm-service-test", available_cores()[-1:])
-    yield worker
-    worker.close()
-
-
-@pytest.fixture(scope="module")
-def chat(worker):
-    config = LlmConfig(context_tokens=1024, max_reply_tokens=64, seed=1, temperature=0.0)
-    return ChatModel(resolve_llm(config_from_dict({"profile": "bundled"})), config, worker)
+def chat(llm_worker):
+    return bundled_chat(llm_worker, context_tokens=1024, max_reply_tokens=64)
 
 
 def asking(question: str, history: list[tuple[str, str]] = ()):
@@ -62,9 +52,9 @@ async def long_typed_answer_under_way(service: LlmService, order: list[str]) -> 
     return typed
 
 
-def test_a_voice_turn_overtakes_a_typed_generation_within_one_step_and_the_typed_one_resumes(chat, worker):
+def test_a_voice_turn_overtakes_a_typed_generation_within_one_step_and_the_typed_one_resumes(chat, llm_worker):
     async def scenario():
-        service = LlmService(chat, worker)
+        service = LlmService(chat, llm_worker)
         order: list[str] = []
         typed = await long_typed_answer_under_way(service, order)
         typed_before_voice = order.count("typed")
@@ -85,12 +75,12 @@ def test_a_voice_turn_overtakes_a_typed_generation_within_one_step_and_the_typed
     assert order.count("typed") == 60 and voice and typed_text
 
 
-def test_switching_conversations_keeps_each_ones_kv_cache(chat, worker):
+def test_switching_conversations_keeps_each_ones_kv_cache(chat, llm_worker):
     history = [("My name is Ada and I like green apples.", "Nice to meet you, Ada.")] * 6
     follow_up = asking("What is my name?", history)
 
     async def scenario(kv_slots: int) -> list[int]:
-        service = LlmService(chat, worker, kv_slots=kv_slots)
+        service = LlmService(chat, llm_worker, kv_slots=kv_slots)
         cached: list[int] = []
         await collect(service.generate("voice", asking("Hello?", history), GREEDY, Priority.VOICE))
         await collect(service.generate("web", asking("Name a colour."), GREEDY))
@@ -102,7 +92,7 @@ def test_switching_conversations_keeps_each_ones_kv_cache(chat, worker):
 
     [with_states], service = run(scenario(kv_slots=4))
     [without], _ = run(scenario(kv_slots=0))
-    prompt_tokens = len(worker.call(follow_up, chat))
+    prompt_tokens = len(llm_worker.call(follow_up, chat))
 
     assert service.kv_saves >= 2 and service.kv_restores >= 1
     # Back in the voice conversation after the web one: its history came back from the saved state.
@@ -112,9 +102,9 @@ def test_switching_conversations_keeps_each_ones_kv_cache(chat, worker):
     print(f"KV reuse: {with_states.cached} of {prompt_tokens} prompt tokens cached, against {without.cached}")
 
 
-def test_a_full_queue_refuses_typed_requests_but_never_voice(chat, worker):
+def test_a_full_queue_refuses_typed_requests_but_never_voice(chat, llm_worker):
     async def scenario():
-        service = LlmService(chat, worker, max_waiting=2)
+        service = LlmService(chat, llm_worker, max_waiting=2)
         first = asyncio.create_task(collect(service.generate("web0", asking("Count to ten."), GREEDY)))
         while service.running is None:  # noqa: ASYNC110 - the scheduler has no event for this
             await asyncio.sleep(0.005)
@@ -133,9 +123,9 @@ def test_a_full_queue_refuses_typed_requests_but_never_voice(chat, worker):
     assert voice and all(results)
 
 
-def test_a_consumer_that_leaves_stops_its_generation_at_once(chat, worker):
+def test_a_consumer_that_leaves_stops_its_generation_at_once(chat, llm_worker):
     async def scenario():
-        service = LlmService(chat, worker)
+        service = LlmService(chat, llm_worker)
         stream = service.generate("web", asking("Tell me a long story."), Sampling(max_tokens=60, seed=1))
         taken = 0
         async for _ in stream:
@@ -153,9 +143,9 @@ def test_a_consumer_that_leaves_stops_its_generation_at_once(chat, worker):
     assert taken == 3 and answer
 
 
-def test_sampling_is_per_request(chat, worker):
+def test_sampling_is_per_request(chat, llm_worker):
     async def scenario():
-        service = LlmService(chat, worker)
+        service = LlmService(chat, llm_worker)
         short = await collect(
             service.generate("a", asking("Describe the sea."), Sampling(max_tokens=4, temperature=0.0))
         )
@@ -173,9 +163,9 @@ def test_sampling_is_per_request(chat, worker):
     assert longer.startswith(short) and len(longer) > len(short)
 
 
-def test_a_voice_hold_pauses_typed_work_at_its_next_token_until_released(chat, worker):
+def test_a_voice_hold_pauses_typed_work_at_its_next_token_until_released(chat, llm_worker):
     async def scenario():
-        service = LlmService(chat, worker)
+        service = LlmService(chat, llm_worker)
         order: list[str] = []
         typed = await long_typed_answer_under_way(service, order)
         hold = service.hold_for_voice("voice")

@@ -12,8 +12,8 @@ import pytest
 from voicebot.config import config_from_dict
 from voicebot.errors import ConfigError
 from voicebot.llm import ChatModel, Sampling
-from voicebot.models import resolve_llm
-from voicebot.threads import PinnedWorker, available_cores, resolve_cores
+from voicebot.models.paths import resolve_llm
+from voicebot.runtime.threads import PinnedWorker, available_cores, resolve_cores
 
 TASKS = Path("/proc/self/task")
 
@@ -113,7 +113,7 @@ def test_a_core_that_does_not_exist_is_refused():
 
 
 def test_onnx_sessions_have_explicit_thread_counts():
-    from voicebot.models import resolve_voices
+    from voicebot.models.paths import resolve_voices
     from voicebot.tts import _load_voice
     from voicebot.vad import SileroVad
 

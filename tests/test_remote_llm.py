@@ -17,7 +17,7 @@ from http_server import ServerProcess, free_port
 from llama_peer import LlamaServer
 
 from voicebot.config import config_from_dict
-from voicebot.doctor import Status, check_remote_engines
+from voicebot.tools.doctor import Status, check_remote_engines
 
 QUESTION = "What is the capital of France?"
 

@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
+from conftest import engines_fixture
 
-from voicebot.audio import Clock
-from voicebot.config import config_from_dict
-from voicebot.engines import Engines
 from voicebot.llm import COMPRESS_ABOVE, prompt_budget
 from voicebot.llm_service import Priority
-from voicebot.models import resolve_models
 from voicebot.reply import Responder
-from voicebot.trace import Tracer
+from voicebot.runtime.clock import Clock
+from voicebot.runtime.trace import Tracer
 
-
-@pytest.fixture(scope="module")
-def engines():
-    config = config_from_dict(
-        {"profile": "bundled", "llm": {"seed": 3, "context_tokens": 1024, "max_reply_tokens": 24}}
-    )
-    stages = frozenset({"llm"})
-    loaded = Engines.load(config, resolve_models(config, stages), stages)
-    yield loaded
-    loaded.close()
+engines = engines_fixture({"llm": {"seed": 3, "context_tokens": 1024, "max_reply_tokens": 24}}, {"llm"})
 
 
 def named(tracer: Tracer, name: str) -> list[dict]:
@@ -32,7 +20,7 @@ def named(tracer: Tracer, name: str) -> list[dict]:
 
 
 def test_a_question_asked_while_the_history_is_compressed_interrupts_it_and_the_next_one_finishes(engines):
-    chat = engines.chat
+    chat = engines.llm.chat
     tracer = Tracer(Clock(), keep=True)
     responder = Responder(engines, None, tracer)
     conversation = responder.conversation

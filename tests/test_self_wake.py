@@ -11,47 +11,36 @@ import asyncio
 
 import numpy as np
 import pytest
-from conftest import build_wav, espeak
+from conftest import build_wav, engines_fixture, espeak
 from test_conversation import barge_in_clip, events_named
 from test_e2e import first, run_assistant
 
-from voicebot.audio import INPUT_RATE_HZ, AudioChunk, Clock, PlaybackTimeline, WavSink, WavSource, read_wav
-from voicebot.config import config_from_dict
+from voicebot.audio import INPUT_RATE_HZ, AudioChunk, PlaybackTimeline, WavSink, WavSource, read_wav
 from voicebot.echo import RoomEcho
 from voicebot.engines import Engines
-from voicebot.models import resolve_models
 from voicebot.pipeline import Pipeline
-from voicebot.trace import Tracer
+from voicebot.runtime.clock import Clock
+from voicebot.runtime.trace import Tracer
 
 SELF_WAKE_LINE = "Hey Jarvis, hey Jarvis, the weather is fine today, and tomorrow will be sunny."
 SPEAK_AT_S = 1.0
 TIMEOUT_S = 120
 
 
-@pytest.fixture(
-    scope="module",
+engines = engines_fixture(
+    lambda param: {
+        "audio": {"echo_canceller": param[0]},
+        "wake": {"ignore_own_voice": param[1]},
+        "conversation": {"follow_up_s": 0},
+    },
+    {"listen", "tts"},
     params=[("none", False), ("none", True), ("speex", True), ("webrtc", True)],
     ids=lambda p: f"{p[0]}-{'guarded' if p[1] else 'unguarded'}",
 )
-def engines(request):
-    canceller, guarded = request.param
-    config = config_from_dict(
-        {
-            "profile": "bundled",
-            "audio": {"echo_canceller": canceller},
-            "wake": {"ignore_own_voice": guarded},
-            "conversation": {"follow_up_s": 0},
-        }
-    )
-    stages = frozenset({"listen", "tts"})
-    loaded = Engines.load(config, resolve_models(config, stages), stages)
-    yield request.param, loaded
-    loaded.close()
 
 
 def hear_own_voice(engines: Engines, tmp_path, person: np.ndarray | None = None, person_at_s: float = 0.0):
     """The pipeline listens in real time while the assistant says SELF_WAKE_LINE; returns the trace."""
-    assert engines.synthesizer is not None
     clock = Clock()
     tracer = Tracer(clock, keep=True)
     timeline = PlaybackTimeline()
@@ -62,9 +51,7 @@ def hear_own_voice(engines: Engines, tmp_path, person: np.ndarray | None = None,
         heard[start : start + len(person)] += person
 
     async def scenario():
-        sink = WavSink(
-            tmp_path / "spoken.wav", clock, realtime=True, rate_hz=engines.synthesizer.rate_hz, timeline=timeline
-        )
+        sink = WavSink(tmp_path / "spoken.wav", clock, realtime=True, rate_hz=engines.tts.rate_hz, timeline=timeline)
         source = WavSource(
             AudioChunk(heard, INPUT_RATE_HZ),
             clock,

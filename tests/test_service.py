@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, build_wav, espeak
 
-from voicebot.systemd import SystemdNotifier
+from voicebot.runtime.systemd import SystemdNotifier
 
 CONFIG = REPO / "config" / "voicebot.yaml"
 

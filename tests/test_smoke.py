@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from voicebot.smoke import STAGES, heard_word, supervise
+from voicebot.tools.smoke import STAGES, heard_word, supervise
 
 TIMEOUT_S = 180
 
 
 def smoke(*args: str) -> subprocess.CompletedProcess:
-    """`python -m voicebot.smoke` in a subprocess, as install.sh runs it."""
+    """`python -m voicebot.tools.smoke` in a subprocess, as install.sh runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "voicebot.smoke", *args],
+        [sys.executable, "-m", "voicebot.tools.smoke", *args],
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,

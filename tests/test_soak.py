@@ -8,14 +8,14 @@ import sys
 
 from conftest import REPO
 
-from voicebot.soak import SETTLED_AFTER_TURNS, Sample, verdict
+from voicebot.tools.soak import SETTLED_AFTER_TURNS, Sample, verdict
 
 
 def test_forty_turns_in_one_process_leave_memory_files_and_threads_flat(tmp_path):
     figures = tmp_path / "soak.json"
 
     result = subprocess.run(
-        [sys.executable, "-m", "voicebot.soak", "--turns", "40", "--set", "profile=bundled", "--json", str(figures)],
+        [sys.executable, "-m", "voicebot.tools.soak", "--turns", "40", "--set", "profile=bundled", "--json", str(figures)],
         capture_output=True, text=True, timeout=600, cwd=REPO,
     )  # fmt: skip
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from voicebot.audio import AudioChunk, Clock, WavSink
+from voicebot.audio import AudioChunk, WavSink
 from voicebot.config import EarconsConfig, config_from_dict
 from voicebot.earcons import EARCON_RATE_HZ, Earcon, Earcons
 from voicebot.engines import Engines
-from voicebot.pipeline import Heard, Inbox, InputEnded, Pipeline, PlaybackStarted, State, TurnEnded, is_stop_command
-from voicebot.trace import Tracer
+from voicebot.models.paths import ModelPaths
+from voicebot.pipeline import Heard, InputEnded, Pipeline, PlaybackStarted, State, TurnEnded, is_stop_command
+from voicebot.runtime.clock import Clock
+from voicebot.runtime.inbox import Inbox
+from voicebot.runtime.trace import Tracer
 
 TIMEOUT_S = 5
 
@@ -29,7 +33,7 @@ def idle_pipeline(tmp_path) -> Pipeline:
     clock = Clock()
     config = config_from_dict({"profile": "bundled"})
     sink = WavSink(tmp_path / "out.wav", clock, realtime=False)
-    return Pipeline(Engines(config), Silence(), sink, Tracer(clock, keep=True))
+    return Pipeline(Engines(config, ModelPaths(Path(), Path(), {})), Silence(), sink, Tracer(clock, keep=True))
 
 
 def test_a_late_playback_start_from_a_cancelled_turn_changes_nothing(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from voicebot.asr import Transcriber
 from voicebot.audio import INPUT_RATE_HZ, AudioChunk
 from voicebot.config import TtsConfig, config_from_dict
-from voicebot.models import resolve_asr, resolve_voices
+from voicebot.models.paths import resolve_asr, resolve_voices
 from voicebot.tts import Synthesizer, language_of, split_for_voice, text_for_voice
 
 

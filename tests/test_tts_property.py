@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from voicebot.config import TtsConfig, config_from_dict
-from voicebot.models import resolve_voices
+from voicebot.models.paths import resolve_voices
 from voicebot.tts import Synthesizer, text_for_voice
 
 # 10 kB lines without punctuation. A whole one in English is 9 minutes of speech (30 s to synthesise here),

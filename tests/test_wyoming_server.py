@@ -77,7 +77,7 @@ def whisper():
     from faster_whisper import WhisperModel
 
     from voicebot.config import config_from_dict
-    from voicebot.models import resolve_asr
+    from voicebot.models.paths import resolve_asr
 
     return WhisperModel(
         str(resolve_asr(config_from_dict({"profile": "bundled"}))), device="cpu", compute_type="int8", cpu_threads=1

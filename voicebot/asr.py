@@ -1,4 +1,8 @@
-"""Speech recognition with faster-whisper, int8 on the CPU, guarded against hallucinated text."""
+"""Speech recognition: faster-whisper, int8 on the CPU, guarded against hallucinated text; and its service.
+
+`AsrService` is the stage's one owner: the local model on its pinned worker, a remote engine when
+one is configured, the time-outs and the fallback between them. Callers only ask it.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,14 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from voicebot.config import AsrConfig
-from voicebot.errors import ConfigError, ModelLoadError
+from voicebot.errors import ConfigError, ModelLoadError, RemoteEngineError
+from voicebot.runtime.threads import PinnedWorker
+from voicebot.runtime.trace import Trace
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +131,53 @@ class Transcriber:
                 log.info("ignored transcript %r: looks like noise, not a question", text)
             text = ""
         return Transcript(text, info.language)
+
+
+class RemoteTranscriber(Protocol):
+    """Speech recognition on another machine; raises RemoteEngineError when it cannot answer in time."""
+
+    name: str
+
+    async def transcribe(self, audio: np.ndarray) -> Transcript:
+        """The transcript of 16 kHz float32 speech."""
+        ...
+
+
+class AsrService:
+    """Speech recognition's one owner: the remote engine first when there is one, else (or when it fails) the
+    local Whisper on its pinned worker. Which one answered shows only in the trace (`engine_fallback`)."""
+
+    def __init__(
+        self,
+        local: Transcriber | None = None,
+        worker: PinnedWorker | None = None,
+        remote: RemoteTranscriber | None = None,
+        model_dir: Path | None = None,
+    ) -> None:
+        if (local is None) != (worker is None) or (local is None and remote is None):
+            raise ValueError("an AsrService needs a local model with its worker, a remote engine, or both")
+        self._local = local
+        self._worker = worker
+        self._remote = remote
+        self.model_dir = model_dir
+        """The local model's folder, if one is loaded."""
+
+    async def transcribe(self, audio: np.ndarray, trace: Trace | None = None) -> Transcript:
+        """What was said in 16 kHz float32 `audio`. RemoteEngineError only when the remote engine failed and
+        no local model is loaded to take over."""
+        if self._remote is not None:
+            try:
+                return await self._remote.transcribe(audio)
+            except RemoteEngineError as error:
+                if self._local is None:
+                    raise
+                log.warning("%s; transcribing here instead", error)
+                if trace is not None:
+                    trace.emit("engine_fallback", stage="asr", error=str(error))
+        assert self._local is not None and self._worker is not None
+        return await self._worker.run(self._local.transcribe, audio)
+
+    def warm_up(self) -> None:
+        """Run the local model once, so the first question does not pay for its set-up; blocking."""
+        if self._local is not None and self._worker is not None:
+            self._worker.call(self._local.transcribe, np.zeros(16000, np.float32))

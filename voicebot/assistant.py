@@ -29,10 +29,11 @@ from voicebot.audio import (
 from voicebot.config import Config, load_config
 from voicebot.engines import Engines, local_stages
 from voicebot.errors import AudioDeviceError, VoicebotError
-from voicebot.models import resolve_models
+from voicebot.models.paths import resolve_models
 from voicebot.pipeline import Pipeline
-from voicebot.systemd import SystemdNotifier
-from voicebot.trace import Tracer
+from voicebot.runtime.systemd import SystemdNotifier
+from voicebot.runtime.trace import Tracer
+from voicebot.tts import REMOTE_SPEECH_RATE_HZ
 
 if TYPE_CHECKING:
     from voicebot.http.app import HttpServer
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGES = frozenset({"listen", "asr", "llm", "tts"})
-REMOTE_SPEECH_RATE_HZ = 22050  # Piper's medium voices' rate, what a Wyoming TTS server most often sends.
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,8 @@ def open_sink(
 ) -> AudioSink:
     """Replies go to the WAV file `output`, else to the configured speaker (opened later unless `open_now`)."""
     if output:
-        # Remote speech comes at its server's rate, and is resampled to the file's.
-        rate_hz = engines.synthesizer.rate_hz if engines.synthesizer is not None else REMOTE_SPEECH_RATE_HZ
+        # Speech from elsewhere (a remote server, Home Assistant) is resampled to the file's rate.
+        rate_hz = engines.tts.rate_hz if engines.has("tts") else REMOTE_SPEECH_RATE_HZ
         return WavSink(Path(output), clock, realtime=realtime, rate_hz=rate_hz, timeline=timeline)
     audio = config.audio
     return SpeakerSink(audio.output_device, clock, audio.output_sample_rate_hz, timeline, audio.stall_s, open_now)
@@ -204,7 +204,7 @@ class Assistant:
                 self.tracer.emit("config_reloaded", source=config.source)
         finally:
             self.notifier.stopping()
-            keep_alive.cancel()
+            await _cancelled(keep_alive)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             if self.sink is not None:
@@ -220,7 +220,7 @@ class Assistant:
         loading = asyncio.ensure_future(asyncio.to_thread(load_engines, config, run_stages(config)))
         stop = asyncio.create_task(self._stop.wait())
         await asyncio.wait({loading, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
+        await _cancelled(stop)
         if loading.done():
             return loading.result()
         loading.add_done_callback(lambda done: done.exception() is None and done.result().close(wait=False))
@@ -233,7 +233,9 @@ class Assistant:
         if self.config.satellite.enabled:
             from voicebot.satellite import Satellite
 
-            pipeline = Satellite(engines, self.source, self.sink, self.tracer, on_listening=self._on_listening)
+            pipeline = Satellite(
+                engines, self.source, self.sink, self.tracer, timeline=self.timeline, on_listening=self._on_listening
+            )
             http = None
         else:
             pipeline = Pipeline(
@@ -246,8 +248,7 @@ class Assistant:
                 stop = asyncio.create_task(self._stop.wait())
                 reload = asyncio.create_task(self._reload.wait())
                 await asyncio.wait({running, stop, reload}, return_when=asyncio.FIRST_COMPLETED)
-                stop.cancel()
-                reload.cancel()
+                await _cancelled(stop, reload)
                 if running.done():
                     running.result()  # An error that ended the run is raised here.
                     return None
@@ -259,11 +260,10 @@ class Assistant:
                 if replacement is not None:
                     return replacement
         finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
+            await _cancelled(running)
             if http is not None:
                 await http.stop()
-            if engines.llm is not None:
+            if engines.has("llm"):
                 await engines.llm.close()
 
     def _start_http(self, engines: Engines, pipeline: Pipeline) -> RunningHttp | None:
@@ -275,7 +275,7 @@ class Assistant:
 
         voice = VoiceLink(state=lambda: pipeline.state.value, speak=pipeline.speak_text)
         server = HttpServer(
-            create_app(engines, self.config, voice),
+            create_app(engines.llm, self.config, engines.loaded_models(), voice),
             self.config.http,
             on_started=lambda url: log.info("serving the chat page and the API on %s", url),
         )
@@ -348,3 +348,10 @@ class Assistant:
             self.tracer.emit("listening")
             self.notifier.ready("listening")
         self._microphone_backoff.reset()
+
+
+async def _cancelled(*tasks: asyncio.Task) -> None:
+    """Cancel `tasks` and wait until they have ended."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -22,26 +22,12 @@ import soundfile
 import soxr
 
 from voicebot.errors import AudioDeviceError, AudioInputError, describe_os_error
+from voicebot.runtime.clock import Clock
 
 log = logging.getLogger(__name__)
 
 INPUT_RATE_HZ = 16000
 FRAME_SAMPLES = 1280  # 80 ms at 16 kHz: one openWakeWord step.
-
-
-class Clock:
-    """The one clock every trace event uses: seconds since the input started."""
-
-    def __init__(self) -> None:
-        self._origin = time.monotonic()
-
-    def restart(self) -> None:
-        """Make now the zero point."""
-        self._origin = time.monotonic()
-
-    def now(self) -> float:
-        """Seconds since the zero point."""
-        return time.monotonic() - self._origin
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import shlex
@@ -22,13 +23,13 @@ from voicebot.audio import (
     read_wav,
 )
 from voicebot.config import Config, config_as_yaml, load_config
-from voicebot.doctor import CheckOptions, Status, report, run_checks
 from voicebot.engines import Engines
 from voicebot.errors import VoicebotError
-from voicebot.fetch import add_models_parser, models_command
+from voicebot.models.fetch import add_models_parser, models_command
 from voicebot.reply import Responder
-from voicebot.systemd import SystemdNotifier
-from voicebot.trace import Tracer
+from voicebot.runtime.systemd import SystemdNotifier
+from voicebot.runtime.trace import Tracer
+from voicebot.tools.doctor import CheckOptions, Status, report, run_checks
 from voicebot.tts import language_of
 
 log = logging.getLogger("voicebot")
@@ -370,7 +371,7 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
         print(f"voicebot: serving the chat page and the API on {url}", flush=True)
         notifier.ready(f"serving on {url}")
 
-    server = HttpServer(create_app(engines, config), config.http, on_started)
+    server = HttpServer(create_app(engines.llm, config, engines.loaded_models()), config.http, on_started)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.stop)
@@ -380,7 +381,6 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         notifier.stopping()
-        assert engines.llm is not None
         await engines.llm.close()
         engines.close(wait=False)
     return 0
@@ -398,8 +398,9 @@ async def _wyoming(args: argparse.Namespace, config: Config) -> int:
         loop.add_signal_handler(signum, stop.set)
     engines: Engines | None = None
     try:
-        engines = load_engines(config, frozenset({"asr", "llm", "tts"}))
-        await servers.start(engines)
+        # What it serves is this machine's own models, whatever engines voicebot run itself would ask.
+        engines = load_engines(_local_backends(config), frozenset({"asr", "llm", "tts"}))
+        await servers.start(engines.asr, engines.tts, engines.llm)
         print(f"voicebot: serving Wyoming: {servers.summary}", flush=True)
         notifier.ready(f"serving Wyoming on {config.wyoming.host}")
         await stop.wait()
@@ -410,18 +411,26 @@ async def _wyoming(args: argparse.Namespace, config: Config) -> int:
         notifier.stopping()
         await servers.stop()
         if engines is not None:
-            assert engines.llm is not None
             await engines.llm.close()
             engines.close(wait=False)
     return 0
+
+
+def _local_backends(config: Config) -> Config:
+    """`config` with every stage on this machine's own model."""
+    return dataclasses.replace(
+        config,
+        asr=dataclasses.replace(config.asr, backend="local"),
+        llm=dataclasses.replace(config.llm, backend="local"),
+        tts=dataclasses.replace(config.tts, backend="local"),
+    )
 
 
 async def _transcribe(args: argparse.Namespace, config: Config) -> int:
     audio = read_wav(args.wav).resampled(INPUT_RATE_HZ)
     engines = load_engines(config, frozenset({"asr"}))
     try:
-        assert engines.asr_worker is not None and engines.transcriber is not None
-        transcript = await engines.asr_worker.run(engines.transcriber.transcribe, audio.samples)
+        transcript = await engines.asr.transcribe(audio.samples)
     finally:
         engines.close()
     print(transcript.text)
@@ -429,7 +438,7 @@ async def _transcribe(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _bench(args: argparse.Namespace, config: Config) -> int:
-    from voicebot.bench import format_table, options_from, read_markdown_page, run_bench, update_markdown
+    from voicebot.tools.bench import format_table, options_from, read_markdown_page, run_bench, update_markdown
 
     if args.turns < 1:
         raise VoicebotError(f"--turns {args.turns}: run at least one turn")

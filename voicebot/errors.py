@@ -53,6 +53,10 @@ class RequestTooLargeError(VoicebotError):
     exit_code = EX_DATAERR
 
 
+class RemoteEngineError(VoicebotError):
+    """An engine on another machine could not be reached, failed, or was too slow."""
+
+
 class DownloadError(VoicebotError):
     """A model file could not be downloaded (network, server, or the server sent something else)."""
 

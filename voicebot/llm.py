@@ -20,7 +20,7 @@ from typing import Callable, Generator
 
 from voicebot.config import ConversationConfig, LlmConfig
 from voicebot.errors import ModelLoadError, RequestTooLargeError, VoicebotError
-from voicebot.threads import PinnedWorker
+from voicebot.runtime.threads import PinnedWorker
 
 log = logging.getLogger(__name__)
 

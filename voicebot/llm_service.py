@@ -1,5 +1,9 @@
 """The one LLM, shared: a scheduler that runs one job at a time on the LLM's pinned worker.
 
+It is the stage's one owner, as AsrService and TtsService are theirs: with llm.backend: openai it
+also holds the remote LLM, asks it first, and hands an answer it cannot finish to the local model,
+which goes on from what the remote one had written.
+
 Voice turns go before typed requests, and both before background work (compressing a history). A
 typed request that is generating gives way at its next token when a voice turn arrives, and resumes
 afterwards where it stopped; background work gives way to anything. Each conversation keeps its own
@@ -19,11 +23,22 @@ import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable, Protocol, TypeVar
 
-from voicebot.errors import VoicebotError
-from voicebot.llm import ChatModel, Compression, Conversation, Interrupted, KvState, PromptCost, Sampling, StopCheck
-from voicebot.threads import PinnedWorker
+from voicebot.errors import RemoteEngineError, VoicebotError
+from voicebot.llm import (
+    ChatModel,
+    Compression,
+    Conversation,
+    Interrupted,
+    KvState,
+    Message,
+    PromptCost,
+    Sampling,
+    StopCheck,
+)
+from voicebot.runtime.threads import PinnedWorker
+from voicebot.runtime.trace import Trace
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +59,20 @@ class LlmBusyError(VoicebotError):
 
 class LlmStoppedError(VoicebotError):
     """The LLM service was shut down."""
+
+
+class NoLocalLlmError(VoicebotError):
+    """Something needs the local model, and only a remote LLM is configured."""
+
+
+class RemoteLlm(Protocol):
+    """An LLM on another machine; raises RemoteEngineError when it cannot be reached, fails or stalls."""
+
+    url: str
+
+    def stream(self, messages: list[Message], sampling: Sampling) -> AsyncIterator[str]:
+        """The answer's text as it is written."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -238,9 +267,19 @@ class VoiceHold:
 class LlmService:
     """Owns the chat model's use: queue, priorities, pre-emption, and a KV cache per conversation."""
 
-    def __init__(self, chat: ChatModel, worker: PinnedWorker, kv_slots: int = 4, max_waiting: int = 8) -> None:
-        self.chat = chat
-        self.worker = worker
+    def __init__(
+        self,
+        chat: ChatModel | None,
+        worker: PinnedWorker | None,
+        kv_slots: int = 4,
+        max_waiting: int = 8,
+        remote: RemoteLlm | None = None,
+    ) -> None:
+        if (chat is None) != (worker is None) or (chat is None and remote is None):
+            raise ValueError("an LlmService needs a local model with its worker, a remote LLM, or both")
+        self._chat = chat
+        self._worker = worker
+        self._remote = remote
         self.kv_slots = kv_slots
         self.max_waiting = max_waiting
         self._waiting: list[tuple[tuple[int, int], _Job]] = []
@@ -255,6 +294,33 @@ class LlmService:
         self._switch_wanted: str | None = None
         self.kv_restores = 0
         self.kv_saves = 0
+
+    @property
+    def has_local(self) -> bool:
+        """Whether the local model is loaded (as the LLM, or as a remote LLM's fallback)."""
+        return self._chat is not None
+
+    @property
+    def chat(self) -> ChatModel:
+        """The local model, for its tokenizer and template; NoLocalLlmError if only a remote LLM is configured."""
+        return self._local()[0]
+
+    @property
+    def worker(self) -> PinnedWorker:
+        """The local model's pinned worker; NoLocalLlmError if only a remote LLM is configured."""
+        return self._local()[1]
+
+    def _local(self) -> tuple[ChatModel, PinnedWorker]:
+        if self._chat is None or self._worker is None:
+            raise NoLocalLlmError(
+                "this needs the local LLM, and llm.backend is openai with llm.fallback off; turn llm.fallback on"
+            )
+        return self._chat, self._worker
+
+    @property
+    def answers_remotely(self) -> bool:
+        """Whether answers are asked of a remote LLM first."""
+        return self._remote is not None
 
     @property
     def queue_length(self) -> int:
@@ -279,6 +345,7 @@ class LlmService:
 
         Raises LlmBusyError at once when too many typed requests are waiting.
         """
+        self._local()  # NoLocalLlmError, in one line, before anything is queued
         if priority is Priority.TYPED and self._typed_waiting() >= self.max_waiting:
             raise LlmBusyError(f"{self.max_waiting} requests are already waiting for the LLM; try again shortly")
         loop = self._ensure_scheduler()
@@ -297,6 +364,7 @@ class LlmService:
         `should_stop()` turns true when something more urgent arrives or the future is cancelled; the work
         should then raise Interrupted, leaving things as they were.
         """
+        self._local()  # NoLocalLlmError, in one line, before anything is queued
         loop = self._ensure_scheduler()
         job = _Work(conversation, priority, next(self._orders), loop, work=work, result=loop.create_future())
         assert job.result is not None
@@ -310,7 +378,10 @@ class LlmService:
         first sentence written and synthesised, the cores (and Python's GIL) are the voice turn's.
 
         Meanwhile the model turns to `conversation`'s KV cache, so the voice job does not wait for that.
+        With no local model there is nothing to hold.
         """
+        if self._chat is None:
+            return VoiceHold(lambda: None)
         self._voice_holds += 1
         self._switch_wanted = conversation
         running = self._running
@@ -330,13 +401,63 @@ class LlmService:
             return False
         return not self._voice_holds or self._waiting[0][1].priority is Priority.VOICE
 
+    async def answer(
+        self,
+        conversation: str,
+        prepare: Callable[[ChatModel], list[int]],
+        remote_messages: Callable[[ChatModel | None], list[Message]],
+        sampling: Sampling,
+        priority: Priority = Priority.VOICE,
+        on_prompt: Callable[[PromptCost], None] = lambda cost: None,
+        trace: Trace | None = None,
+    ) -> AsyncIterator[str]:
+        """The answer's text as it is written: by the remote LLM if there is one, else (or when it fails, from
+        where it stopped) by the local one. `remote_messages(local model or None)` builds the remote request;
+        `prepare` the local prompt, on the worker. RemoteEngineError only when the remote LLM failed and no
+        local model is loaded to take over."""
+        written = ""
+        if self._remote is not None:
+            try:
+                async for piece in self._remote.stream(remote_messages(self._chat), sampling):
+                    written += piece
+                    yield piece
+                return
+            except RemoteEngineError as error:
+                if self._chat is None:
+                    raise
+                log.warning("%s; the local LLM answers instead", error)
+                if trace is not None:
+                    trace.emit("engine_fallback", stage="llm", error=str(error), chars_written=len(written))
+
+        def resume(chat: ChatModel) -> list[int]:
+            # After a remote LLM failed mid-answer, the local one goes on from what it had written.
+            prompt = prepare(chat)
+            return prompt + chat.tokens_of(written) if written else prompt
+
+        generation = self.generate(conversation, resume, sampling, priority, on_prompt)
+        async with generation:
+            async for piece in generation:
+                yield piece
+
+    def warm_up(self, system_prompt: str) -> None:
+        """Put the system prompt in llama.cpp's prompt cache; blocking, and nothing to do with no local model."""
+        if self._chat is not None and self._worker is not None:
+            self._worker.call(self._chat.warm_up, system_prompt)
+
     def compress(
         self, conversation: str, history: Conversation, sampling: Sampling, urgent: Priority
     ) -> asyncio.Future[Compression | None]:
         """Queue compressing `history`'s old turns, if due, in `conversation`'s KV cache: as background work
         that anything pre-empts, or at `urgent` priority when the history is so near the budget that it must
-        be compressed before its next question."""
-        priority = urgent if history.must_compress(self.chat) else Priority.BACKGROUND
+        be compressed before its next question.
+
+        A remote LLM's history is kept within its budget by dropping the oldest turns: nothing to do then.
+        """
+        if self._remote is not None or self._chat is None:
+            done: asyncio.Future[Compression | None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        priority = urgent if history.must_compress(self._chat) else Priority.BACKGROUND
         return self.submit(
             conversation, lambda chat, should_stop: history.compress(chat, sampling, should_stop), priority
         )

@@ -9,7 +9,6 @@ piece by piece while the LLM is still writing it (voicebot/reply.py).
 from __future__ import annotations
 
 import asyncio
-import collections
 import enum
 import itertools
 import logging
@@ -19,14 +18,14 @@ from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 
-from voicebot.asr import Transcript
 from voicebot.audio import AudioChunk, AudioSink, AudioSource, PlaybackTimeline
 from voicebot.earcons import Earcon, Earcons
 from voicebot.engines import Engines
-from voicebot.errors import AudioDeviceError, VoicebotError
-from voicebot.remote import RemoteEngineError
+from voicebot.errors import AudioDeviceError, RemoteEngineError, VoicebotError
+from voicebot.listen import Listener
 from voicebot.reply import VOICE_CONVERSATION, Responder
-from voicebot.trace import HeldTracer, Tracer
+from voicebot.runtime.inbox import Inbox
+from voicebot.runtime.trace import HeldTracer, Tracer
 from voicebot.vad import Endpoint, EndpointKind
 from voicebot.wake import WakeDetection
 
@@ -35,11 +34,6 @@ log = logging.getLogger(__name__)
 CANCEL_TIMEOUT_S = 3.0
 # After the follow-up earcon, its echo and the reply's room tail must not count as a new question.
 ECHO_TAIL_S = 0.15
-FRAMES_AHEAD = 4
-# The echo canceller's reference must run on without gaps or overlaps; the clock times frames are
-# stamped with jitter by milliseconds, so the reference follows its own sample count and only
-# jumps to the clock when they drift further apart than this (frames dropped, a stalled device).
-REFERENCE_RESYNC_S = 0.1
 APOLOGIES = {
     "en": "Sorry, I can't answer right now.",
     "zh": "抱歉，我现在无法回答。",
@@ -112,45 +106,6 @@ class SpeakText:
 Event = Heard | InputEnded | SourceFailed | PlaybackStarted | TurnEnded | SpeakText
 
 
-class Inbox:
-    """The supervisor's queue: control events first, audio frames in order, with room for only a few.
-
-    The bound keeps back-pressure on the source (a slow pipeline makes the microphone drop and count
-    frames), while a control event never waits behind audio.
-    """
-
-    def __init__(self, frames_ahead: int = FRAMES_AHEAD) -> None:
-        self._control: collections.deque[Event] = collections.deque()
-        self._frames: collections.deque[Event] = collections.deque()
-        self._frames_ahead = frames_ahead
-        self._arrived = asyncio.Event()
-        self._taken = asyncio.Event()
-
-    def post(self, event: Event) -> None:
-        """Deliver a control event."""
-        self._control.append(event)
-        self._arrived.set()
-
-    async def put_frame(self, event: Event) -> None:
-        """Deliver audio (or its end), waiting while the supervisor is behind."""
-        while len(self._frames) >= self._frames_ahead:
-            self._taken.clear()
-            await self._taken.wait()
-        self._frames.append(event)
-        self._arrived.set()
-
-    async def get(self) -> Event:
-        """The next event: control before audio."""
-        while True:
-            if self._control:
-                return self._control.popleft()
-            if self._frames:
-                self._taken.set()
-                return self._frames.popleft()
-            self._arrived.clear()
-            await self._arrived.wait()
-
-
 @dataclass
 class Turn:
     """One question being answered; `confirmed` is set once the question has surely ended."""
@@ -187,9 +142,11 @@ class Pipeline:
         early_start: bool = True,
         timeline: PlaybackTimeline | None = None,
         on_listening: Callable[[], None] = lambda: None,
+        on_state: Callable[[State], None] = lambda state: None,
     ) -> None:
         self.engines = engines
         self.on_listening = on_listening
+        self.on_state = on_state
         self.config = engines.config
         self.source = source
         self.sink = sink
@@ -199,12 +156,16 @@ class Pipeline:
         self.state = State.IDLE
         self.responder = Responder(engines, sink, tracer, streaming=streaming)
         self.earcons = Earcons(self.config.earcons)
-        self._inbox = Inbox()
+        self._inbox: Inbox[Event] = Inbox()
         self._turn: Turn | None = None
         self._turn_ids = itertools.count(1)
         self._follow_up = False
         self._input_ended = False
-        self._reference_end: float | None = None  # listen worker only
+
+    @property
+    def listener(self) -> Listener:
+        """The always-on stages the microphone goes through."""
+        return self.engines.listener
 
     # The supervisor.
 
@@ -214,12 +175,10 @@ class Pipeline:
         It can run again after the source failed: it starts afresh, waiting for the wake word, with
         the conversation kept.
         """
-        assert self.engines.listen_worker is not None and self.engines.wake is not None
-        await self.engines.listen_worker.run(self.engines.wake.reset)
+        await self.listener.reset()
         self._inbox = Inbox()
         self._set_state(State.IDLE)
         self._follow_up = self._input_ended = False
-        self._reference_end = None
         reader = asyncio.create_task(self._read_source(), name="source")
         try:
             while not (self._input_ended and self._turn is None):
@@ -310,6 +269,7 @@ class Pipeline:
         log.info("state: %s -> %s", self.state.value, state.value)
         self.state = state
         self.tracer.emit("state", state=state.value, **fields)
+        self.on_state(state)
 
     async def cancel_turn(self) -> None:
         """Stop the current turn wherever it is: generation, synthesis and playback."""
@@ -325,9 +285,8 @@ class Pipeline:
     # Listening.
 
     async def _hear(self, chunk: AudioChunk) -> None:
-        worker = self.engines.listen_worker
-        assert worker is not None
-        detection, endpoints, own_voice = await worker.run(self._analyse, chunk, self.state is State.LISTENING)
+        hearing = await self.listener.hear(chunk, self.state is State.LISTENING, self.timeline)
+        detection, endpoints, own_voice = hearing.detection, hearing.endpoints, hearing.own_voice
         if own_voice is not None:
             log.info("ignored the wake word: the assistant said it itself (score %.2f)", own_voice.score)
             self.tracer.emit("own_wake_word_ignored", t=own_voice.heard_at, score=round(own_voice.score, 3))
@@ -337,40 +296,6 @@ class Pipeline:
             if self.state is not State.LISTENING:
                 break
             await self._on_endpoint(endpoint)
-
-    def _analyse(
-        self, chunk: AudioChunk, listening: bool
-    ) -> tuple[WakeDetection | None, list[Endpoint], WakeDetection | None]:
-        """On the listen worker: echo cancelled, then the wake word always, the VAD while a question is awaited.
-
-        Returns the detection, the endpoints, and a detection ignored because the assistant said the wake word.
-        """
-        engines = self.engines
-        assert engines.wake is not None and engines.endpointer is not None
-        # The question is heard as the microphone has it: no reply plays while the assistant listens, and
-        # the canceller's suppressor, which lives in speex's denoiser, would only blur the words for ASR.
-        heard = chunk
-        if self.timeline is not None and (engines.echo_canceller is not None or engines.self_wake_guard is not None):
-            reference = self.timeline.render(self._reference_time(chunk), len(chunk.samples))
-            if engines.self_wake_guard is not None:
-                engines.self_wake_guard.hear_reply(AudioChunk(reference, chunk.rate_hz, chunk.captured_at))
-            if engines.echo_canceller is not None:
-                cleaned = engines.echo_canceller.process(chunk.samples, reference)
-                chunk = AudioChunk(cleaned, chunk.rate_hz, chunk.captured_at)
-        detection = engines.wake.process(chunk)
-        own_voice = None
-        if detection is not None and engines.self_wake_guard is not None and engines.self_wake_guard.said_it(detection):
-            detection, own_voice = None, detection
-        endpoints = engines.endpointer.process(heard) if listening else []
-        return detection, endpoints, own_voice
-
-    def _reference_time(self, chunk: AudioChunk) -> float:
-        """The clock time the echo reference for `chunk` ends at: the last one's end plus this chunk's length."""
-        following = None if self._reference_end is None else self._reference_end + chunk.seconds
-        if following is None or abs(following - chunk.captured_at) > REFERENCE_RESYNC_S:
-            following = chunk.captured_at
-        self._reference_end = following
-        return following
 
     async def _on_wake(self, detection: WakeDetection) -> None:
         busy = self.state in (State.THINKING, State.SPEAKING)
@@ -396,26 +321,27 @@ class Pipeline:
         await self.cancel_turn()
 
     async def _listen(self, at: float, follow_up: bool = False) -> None:
-        assert self.engines.listen_worker is not None and self.engines.endpointer is not None
         timeout_s = self.config.conversation.follow_up_s if follow_up else None
-        await self.engines.listen_worker.run(self.engines.endpointer.begin, at, timeout_s)
+        await self.listener.begin(at, timeout_s)
         self._follow_up = follow_up
         self._set_state(State.LISTENING, follow_up=follow_up)
 
     async def _on_endpoint(self, endpoint: Endpoint) -> None:
-        endpointer = self.engines.endpointer
-        assert endpointer is not None
         kind = endpoint.kind
         if kind is EndpointKind.SPEECH_START:
             self.tracer.emit("speech_start", t=endpoint.at)
         elif kind in (EndpointKind.PAUSE, EndpointKind.RESUME) and not self.early_start:
             pass
         elif kind is EndpointKind.PAUSE:
-            assert endpointer.candidate is not None
+            candidate = self.listener.candidate
+            assert candidate is not None
             await self.cancel_turn()
-            self._turn = self._start_turn(endpointer.candidate.audio, confirmed=False)
+            self._turn = self._start_turn(candidate.audio, confirmed=False)
+            self.tracer.emit("early_start", paused_at=round(endpoint.at, 4))
         elif kind is EndpointKind.RESUME:
             log.debug("speech resumed: dropping the early answer")
+            if self._turn is not None and not self._turn.confirmed.is_set():
+                self.tracer.emit("early_start_dropped", resumed_at=round(endpoint.at, 4))
             await self.cancel_turn()
         elif kind is EndpointKind.NO_SPEECH:
             if self._follow_up:
@@ -435,15 +361,15 @@ class Pipeline:
                 # Nothing was said since the pause that started this turn, so its question is the final one.
                 self._turn.confirm()
             else:
-                assert endpointer.utterance is not None
-                self._turn = self._start_turn(endpointer.utterance.audio, confirmed=True)
+                utterance = self.listener.utterance
+                assert utterance is not None
+                self._turn = self._start_turn(utterance.audio, confirmed=True)
 
     async def _on_input_ended(self) -> None:
         self._input_ended = True
         if self.state is not State.LISTENING:
             return
-        assert self.engines.listen_worker is not None and self.engines.endpointer is not None
-        endpoint = await self.engines.listen_worker.run(self.engines.endpointer.finish_now)
+        endpoint = await self.listener.finish_now()
         if endpoint is None:
             await self.cancel_turn()
             if not self._follow_up:
@@ -493,21 +419,6 @@ class Pipeline:
         turn.playback_started_at = heard_at
         self._inbox.post(PlaybackStarted(turn.id))
 
-    async def _transcribe(self, audio: np.ndarray, tracer: HeldTracer) -> Transcript:
-        """The question's transcript: from the remote server if there is one, else (or when it fails) here."""
-        remote = self.engines.remote_asr
-        if remote is not None:
-            try:
-                return await remote.transcribe(audio)
-            except RemoteEngineError as error:
-                if self.engines.transcriber is None:
-                    raise
-                log.warning("%s; transcribing here instead", error)
-                tracer.emit("engine_fallback", stage="asr", error=str(error))
-        transcriber, asr_worker = self.engines.transcriber, self.engines.asr_worker
-        assert transcriber is not None and asr_worker is not None
-        return await asr_worker.run(transcriber.transcribe, audio)
-
     async def _apologise(self, confirmed: asyncio.Event, tracer: HeldTracer) -> None:
         """Say one short sorry when a remote engine failed with nothing local to take over, if speech still works."""
         await confirmed.wait()
@@ -523,16 +434,15 @@ class Pipeline:
         reason = "answered"
         tracer, confirmed = turn.tracer, turn.confirmed
         # Typed requests to the local LLM wait from the start of transcription until this answer is heard.
-        hold = self.engines.llm.hold_for_voice(VOICE_CONVERSATION) if self.engines.llm is not None else None
+        hold = self.engines.llm.hold_for_voice(VOICE_CONVERSATION)
 
         def on_speaking(heard_at: float) -> None:
-            if hold is not None:
-                hold.release()
+            hold.release()
             self._on_speaking(turn, heard_at)
 
         try:
             started = tracer.clock.now()
-            transcript = await self._transcribe(audio, tracer)
+            transcript = await self.engines.asr.transcribe(audio, tracer)
             asr_s = round(tracer.clock.now() - started, 4)
             tracer.emit("transcript", text=transcript.text, language=transcript.language, asr_s=asr_s)
             if not transcript.text:
@@ -565,8 +475,7 @@ class Pipeline:
             log.error("turn failed: %s: %s", type(error).__name__, error)
             log.debug("turn failure details", exc_info=True)
         finally:
-            if hold is not None:
-                hold.release()
+            hold.release()
             if reason != "cancelled":
                 await confirmed.wait()  # An early turn ends only once its question has.
             tracer.emit("turn_end", reason=reason)

@@ -17,11 +17,18 @@ from voicebot.audio import AudioChunk, AudioSink
 from voicebot.chunker import SentenceChunker
 from voicebot.engines import Engines
 from voicebot.errors import VoicebotError
-from voicebot.llm import ChatModel, Compression, Conversation, Interrupted, PromptCost, Sampling, system_prompts
+from voicebot.llm import (
+    ChatModel,
+    Compression,
+    Conversation,
+    Interrupted,
+    Message,
+    PromptCost,
+    Sampling,
+    system_prompts,
+)
 from voicebot.llm_service import Priority
-from voicebot.remote import RemoteEngineError
-from voicebot.threads import iterate_in_worker
-from voicebot.trace import HeldTracer, Tracer
+from voicebot.runtime.trace import HeldTracer, Tracer
 from voicebot.tts import HAN
 
 log = logging.getLogger(__name__)
@@ -178,41 +185,25 @@ class Responder:
         self.compress_in_background(tracer)
         return said
 
-    async def _answer(
+    def _answer(
         self, question: str, language: str, tracer: Tracer | HeldTracer, on_prompt: Callable[[PromptCost], None]
     ) -> AsyncIterator[str]:
-        """The answer's text as it is written: by the remote LLM if there is one, else (or when it fails, from
-        where it stopped) by the local one through the LLM service."""
-        written = ""
-        remote = self.engines.remote_llm
-        if remote is not None:
-            llm_config = self.config.llm
+        """The answer's text as it is written, by whichever LLM the service asks."""
+        llm_config = self.config.llm
+
+        def remote_messages(chat: ChatModel | None) -> list[Message]:
             budget = llm_config.context_tokens - llm_config.max_reply_tokens
-            messages = self.conversation.remote_messages(question, language, self.engines.chat, budget)
+            messages = self.conversation.remote_messages(question, language, chat, budget)
             tracer.emit("llm_prompt", language=language, backend="openai", history_turns=len(messages) // 2 - 1)
-            try:
-                async for piece in remote.stream(messages, self.sampling):
-                    written += piece
-                    yield piece
-                return
-            except RemoteEngineError as error:
-                if self.engines.llm is None:
-                    raise
-                log.warning("%s; the local LLM answers instead", error)
-                tracer.emit("engine_fallback", stage="llm", error=str(error), chars_written=len(written))
-        llm = self.engines.llm
-        assert llm is not None
+            return messages
 
         def prepare(chat: ChatModel) -> list[int]:
-            # After a remote LLM failed mid-answer, the local one goes on from what it had written.
-            prompt = self.conversation.prompt(question, language, chat)
-            return prompt + chat.tokens_of(written) if written else prompt
+            # Built on the worker when the model turns to it: after any compression has finished or given way.
+            return self.conversation.prompt(question, language, chat)
 
-        # Built on the worker when the model turns to it: after any compression has finished or given way.
-        generation = llm.generate(VOICE_CONVERSATION, prepare, self.sampling, Priority.VOICE, on_prompt)
-        async with generation:
-            async for piece in generation:
-                yield piece
+        return self.engines.llm.answer(
+            VOICE_CONVERSATION, prepare, remote_messages, self.sampling, Priority.VOICE, on_prompt, tracer
+        )
 
     def compress_in_background(self, tracer: Tracer | HeldTracer | None = None) -> None:
         """Compress old turns, if due, on the LLM worker now, while the person listens, not when they next ask.
@@ -220,10 +211,7 @@ class Responder:
         Anything asked of the LLM meanwhile interrupts it, and it runs again after the next reply; unless
         the history is so near the budget that it must be compressed before the next question.
         """
-        llm, chat = self.engines.llm, self.engines.chat
-        if llm is None or chat is None or self.engines.remote_llm is not None:
-            return  # A remote LLM's history is kept within its budget by dropping the oldest turns.
-        compressed = llm.compress(VOICE_CONVERSATION, self.conversation, self.sampling, Priority.VOICE)
+        compressed = self.engines.llm.compress(VOICE_CONVERSATION, self.conversation, self.sampling, Priority.VOICE)
         task = asyncio.create_task(self._report_compression(compressed, tracer or self.tracer), name="compress")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -394,7 +382,7 @@ class Responder:
                 spoken.texts.append(piece)
                 spoken.audio_s.append(0.0)
                 self.on_piece(piece)
-                async for audio in self._synthesize(piece, language, tracer):
+                async for audio in self.engines.tts.synthesize(piece, language, tracer):
                     if first_audio:
                         tracer.emit("tts_first_audio")
                         first_audio = False
@@ -412,22 +400,3 @@ class Responder:
             if playing:
                 sink.stop()
             raise
-
-    async def _synthesize(self, text: str, language: str, tracer: Tracer | HeldTracer) -> AsyncIterator[AudioChunk]:
-        """Audio for one piece: from the remote TTS if there is one, else (or when it fails) from local Piper."""
-        remote = self.engines.remote_tts
-        if remote is not None:
-            try:
-                async for audio in remote.synthesize(text, language):
-                    yield audio
-                return
-            except RemoteEngineError as error:
-                if self.engines.synthesizer is None:
-                    raise
-                # The piece is said again whole: a sentence cut mid-way is harder to follow than a repeat.
-                log.warning("%s; local Piper says it instead", error)
-                tracer.emit("engine_fallback", stage="tts", error=str(error))
-        synthesizer, tts_worker = self.engines.synthesizer, self.engines.tts_worker
-        assert synthesizer is not None and tts_worker is not None
-        async for audio in iterate_in_worker(tts_worker, lambda: synthesizer.synthesize(text, language)):
-            yield audio

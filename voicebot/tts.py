@@ -1,4 +1,7 @@
-"""Speech synthesis with Piper: one voice per language, text made sayable for the voice first.
+"""Speech synthesis with Piper: one voice per language, text made sayable for the voice first; and its service.
+
+`TtsService` is the stage's one owner: the local voices on their pinned worker, a remote engine when
+one is configured, the time-outs and the fallback between them. Callers only ask it.
 
 What a voice is given (`text_for_voice`) holds only what it can read aloud: no script it would spell
 letter by letter (espeak-ng reads Cyrillic, Hebrew or Arabic to the English voice as letter names),
@@ -15,14 +18,21 @@ import logging
 import re
 import unicodedata
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import AsyncIterator, Callable, Iterator, Protocol
+
+import numpy as np
 
 from voicebot.audio import AudioChunk
 from voicebot.chunker import chars_for_language
 from voicebot.config import TtsConfig
-from voicebot.errors import ModelLoadError
+from voicebot.errors import ModelLoadError, RemoteEngineError
+from voicebot.runtime.threads import PinnedWorker, iterate_in_worker
+from voicebot.runtime.trace import Trace
 
 log = logging.getLogger(__name__)
+
+REMOTE_SPEECH_RATE_HZ = 22050
+"""Piper's medium voices' rate: what a Wyoming TTS server most often sends."""
 
 HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
 # A word with a lowercase letter is English; an all-capitals one (GPS, USB, OK) is an acronym either voice says.
@@ -382,3 +392,74 @@ def _load_voice(model_path: Path, threads: int):
     except Exception as error:
         raise ModelLoadError(f"cannot load Piper voice {model_path}: {error}; fetch the voice again") from None
     return PiperVoice(session=session, config=config)
+
+
+class RemoteSynthesizer(Protocol):
+    """Speech synthesis on another machine; raises RemoteEngineError when it fails or goes quiet."""
+
+    name: str
+
+    def synthesize(self, text: str, language: str | None = None) -> AsyncIterator[AudioChunk]:
+        """Audio for `text` as it is made."""
+        ...
+
+
+class TtsService:
+    """Speech synthesis's one owner: the remote engine first when there is one, else (or when it fails) local
+    Piper on its pinned worker. Which one spoke shows only in the trace (`engine_fallback`)."""
+
+    def __init__(
+        self,
+        local: Synthesizer | None = None,
+        worker: PinnedWorker | None = None,
+        remote: RemoteSynthesizer | None = None,
+        voices: dict[str, Path] | None = None,
+    ) -> None:
+        if (local is None) != (worker is None) or (local is None and remote is None):
+            raise ValueError("a TtsService needs local voices with their worker, a remote engine, or both")
+        self._local = local
+        self._worker = worker
+        self._remote = remote
+        self.voices = dict(voices or {})
+        """The local voices' model files, by language."""
+
+    @property
+    def rate_hz(self) -> int:
+        """The rate speech usually comes at: the local voice's, else a remote Piper's."""
+        return self._local.rate_hz if self._local is not None else REMOTE_SPEECH_RATE_HZ
+
+    async def synthesize(
+        self, text: str, language: str | None = None, trace: Trace | None = None
+    ) -> AsyncIterator[AudioChunk]:
+        """Audio for one piece of text as it is made. RemoteEngineError only when the remote engine failed and
+        no local voice is loaded to take over."""
+        if self._remote is not None:
+            try:
+                async for audio in self._remote.synthesize(text, language):
+                    yield audio
+                return
+            except RemoteEngineError as error:
+                if self._local is None:
+                    raise
+                # The piece is said again whole: a sentence cut mid-way is harder to follow than a repeat.
+                log.warning("%s; local Piper says it instead", error)
+                if trace is not None:
+                    trace.emit("engine_fallback", stage="tts", error=str(error))
+        local, worker = self._local, self._worker
+        assert local is not None and worker is not None
+        async for audio in iterate_in_worker(worker, lambda: local.synthesize(text, language)):
+            yield audio
+
+    async def speak(self, text: str, language: str | None = None) -> AudioChunk | None:
+        """All of `text` as one piece of audio, or None if it has nothing to say."""
+        chunks = [chunk async for chunk in self.synthesize(text, language)]
+        if not chunks:
+            return None
+        rate_hz = chunks[0].rate_hz
+        return AudioChunk(np.concatenate([chunk.resampled(rate_hz).samples for chunk in chunks]), rate_hz)
+
+    def warm_up(self) -> None:
+        """Say one word with each local voice's first call done, so the first reply pays no set-up; blocking."""
+        if self._local is not None and self._worker is not None:
+            local = self._local
+            self._worker.call(lambda: list(local.synthesize("Ready.")))

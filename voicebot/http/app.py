@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import logging
 import time
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from voicebot.config import Config, HttpConfig, LlmConfig
-from voicebot.engines import Engines
 from voicebot.errors import ConfigError, RequestTooLargeError, VoicebotError
 from voicebot.http.completions import (
     ApiError,
@@ -42,7 +40,8 @@ from voicebot.http.completions import (
     usage,
 )
 from voicebot.llm import ChatModel, Sampling
-from voicebot.llm_service import Generation, LlmBusyError, LlmStoppedError, Priority
+from voicebot.llm_service import Generation, LlmBusyError, LlmService, LlmStoppedError, Priority
+from voicebot.runtime.net import is_loopback
 from voicebot.tts import language_of
 
 log = logging.getLogger(__name__)
@@ -54,16 +53,6 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` only listens on this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_http_config(config: HttpConfig, llm: LlmConfig | None = None) -> None:
@@ -92,15 +81,14 @@ class VoiceLink:
 class ChatApi:
     """The endpoints, over the engines' LLM service."""
 
-    def __init__(self, engines: Engines, config: Config, voice: VoiceLink | None = None) -> None:
-        assert engines.llm is not None and engines.chat is not None
-        self.engines = engines
-        self.llm = engines.llm
-        self.chat: ChatModel = engines.chat
+    def __init__(self, llm: LlmService, config: Config, models: dict[str, Any], voice: VoiceLink | None = None) -> None:
+        self.llm = llm
+        self.chat: ChatModel = llm.chat
+        self.models_loaded = models
         self.config = config
         self.http = config.http
         self.voice = voice
-        self.model_id = engines.chat.model_path.stem
+        self.model_id = self.chat.model_path.stem
         self.started = time.monotonic()
         self.limits = Limits(max_messages=self.http.max_messages, max_reply_tokens=self.http.max_reply_tokens)
 
@@ -116,7 +104,7 @@ class ChatApi:
                 "status": "ok",
                 "state": state,
                 "model": self.model_id,
-                "models": self._models_loaded(),
+                "models": self.models_loaded,
                 "queue_length": llm.queue_length,
                 "uptime_s": round(time.monotonic() - self.started, 1),
                 "auth_required": bool(self.http.token),
@@ -124,19 +112,6 @@ class ChatApi:
                 "kv_cache": {"saves": llm.kv_saves, "restores": llm.kv_restores, "slots": llm.kv_slots},
             }
         )
-
-    def _models_loaded(self) -> dict[str, Any]:
-        engines, paths = self.engines, self.engines.paths
-        return {
-            "llm": self.chat.model_path.name,
-            "asr": paths.asr.name if paths is not None and engines.transcriber is not None else None,
-            "voices": (
-                {language: path.name for language, path in paths.voices.items()}
-                if paths is not None and engines.synthesizer is not None
-                else {}
-            ),
-            "wake": list(engines.config.wake.models) if engines.wake is not None else [],
-        }
 
     async def models(self, request: Request) -> Response:
         self._authorise(request)
@@ -475,10 +450,13 @@ def _cors_headers(origin: str, preflight: bool) -> dict[str, str]:
     return headers
 
 
-def create_app(engines: Engines, config: Config, voice: VoiceLink | None = None) -> Starlette:
-    """The Starlette app: /v1/chat/completions, /v1/models, /health, and the chat page at /."""
+def create_app(
+    llm: LlmService, config: Config, models: dict[str, Any] | None = None, voice: VoiceLink | None = None
+) -> Starlette:
+    """The Starlette app: /v1/chat/completions, /v1/models, /health, and the chat page at /, over `llm`'s local
+    model; `models` names the model files loaded, for /health."""
     check_http_config(config.http, config.llm)
-    api = ChatApi(engines, config, voice)
+    api = ChatApi(llm, config, models or {"llm": llm.chat.model_path.name}, voice)
 
     async def api_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, ApiError)

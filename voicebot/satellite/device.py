@@ -27,13 +27,15 @@ from aioesphomeapi.model import VoiceAssistantFeature, VoiceAssistantSubscriptio
 from google.protobuf import message as protobuf
 
 from voicebot import __version__
-from voicebot.audio import AudioChunk, AudioSink, AudioSource
+from voicebot.audio import AudioChunk, AudioSink, AudioSource, PlaybackTimeline
 from voicebot.config import Config, SatelliteConfig
 from voicebot.earcons import Earcon, Earcons
 from voicebot.engines import Engines
 from voicebot.errors import VoicebotError
 from voicebot.pipeline import Pipeline
 from voicebot.pipeline import State as PipelineState
+from voicebot.runtime.net import is_loopback
+from voicebot.runtime.trace import Tracer
 from voicebot.satellite.frames import (
     MESSAGE_TYPE_OF,
     PeerError,
@@ -42,7 +44,6 @@ from voicebot.satellite.frames import (
     decode_message,
     open_frames,
 )
-from voicebot.trace import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def check_satellite_config(config: SatelliteConfig) -> None:
 def check_satellite(config: Config) -> list[str]:
     """Warnings for `voicebot check` about how the satellite is exposed."""
     satellite = config.satellite
-    if not satellite.enabled or satellite.host in ("127.0.0.1", "::1", "localhost"):
+    if not satellite.enabled or is_loopback(satellite.host):
         return []
     if satellite.encryption_key is None:
         return [
@@ -154,9 +155,12 @@ class Satellite:
         source: AudioSource,
         sink: AudioSink,
         tracer: Tracer,
+        timeline: PlaybackTimeline | None = None,
         on_listening: Callable[[], None] = lambda: None,
     ) -> None:
         self.engines = engines
+        self.listener = engines.listener
+        self.timeline = timeline
         self.config = engines.config.satellite
         self.source = source
         self.sink = sink
@@ -170,7 +174,7 @@ class Satellite:
         self._connections = 0  # counted from accept, so handshakes in progress count too
         self._voice: Peer | None = None  # the client subscribed to the voice assistant
         self._subscribed = asyncio.Event()
-        self._wake_models = list(engines.wake.model_names) if engines.wake is not None else []
+        self._wake_models = self.listener.wake_models
         self._active_wake_words = set(self._wake_models)
         self._streamed_s = 0.0
         self._continue = False
@@ -183,7 +187,7 @@ class Satellite:
         if self.config.fallback_local:
             # While Home Assistant is away, the microphone goes to voicebot's own pipeline instead.
             self._relay = RelaySource()
-            self._local = Pipeline(engines, self._relay, sink, tracer)
+            self._local = Pipeline(engines, self._relay, sink, tracer, timeline=timeline)
 
     # The server.
 
@@ -389,9 +393,7 @@ class Satellite:
         return False
 
     async def _hear(self, chunk: AudioChunk) -> None:
-        worker, wake = self.engines.listen_worker, self.engines.wake
-        assert worker is not None and wake is not None
-        detection = await worker.run(wake.process, chunk)
+        detection = (await self.listener.hear(chunk, listening=False, timeline=self.timeline)).detection
         if self.state is State.STREAMING and self._voice is not None:
             if self._voice.api_audio:
                 self._voice.send(api_pb2.VoiceAssistantAudio(data=chunk.int16().tobytes()))

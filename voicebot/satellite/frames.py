@@ -16,6 +16,8 @@ import logging
 from aioesphomeapi.core import MESSAGE_TYPE_TO_PROTO
 from google.protobuf import message as protobuf
 
+from voicebot.runtime.net import PeerError, PeerLeft
+
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -27,14 +29,6 @@ FRAME_BODY_TIMEOUT_S = 30.0
 NOISE_PROLOGUE = b"NoiseAPIInit\x00\x00"
 NOISE_PROTOCOL = b"Noise_NNpsk0_25519_ChaChaPoly_SHA256"
 MESSAGE_TYPE_OF = {proto: type_id for type_id, proto in MESSAGE_TYPE_TO_PROTO.items()}
-
-
-class PeerError(Exception):
-    """What the peer sent is not the ESPHome API within the caps; the connection cannot go on."""
-
-
-class PeerLeft(Exception):
-    """The peer closed the connection."""
 
 
 def decode_encryption_key(key: str) -> bytes:

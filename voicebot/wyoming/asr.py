@@ -14,11 +14,12 @@ from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioChunkConverter, AudioStart, AudioStop
 from wyoming.info import AsrModel, AsrProgram, Attribution, Describe, Info
 
+from voicebot.asr import AsrService
 from voicebot.audio import INPUT_RATE_HZ
 from voicebot.config import Config
-from voicebot.engines import Engines
-from voicebot.registry import MODELS, ModelEntry, entry_at
-from voicebot.wyoming.peer import BadRequest, Connection, Service, parsed
+from voicebot.errors import VoicebotError
+from voicebot.models.registry import MODELS, ModelEntry, entry_at
+from voicebot.wyoming.peer import BadRequest, Connection, EventServer, parsed
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +29,18 @@ WIDTHS = (1, 2, 3, 4)
 MAX_CHANNELS = 2  # What AudioChunkConverter mixes down to mono.
 
 
-class AsrService(Service):
+class AsrServer(EventServer):
     """The loaded Transcriber, on its pinned worker, for every connection."""
 
     name = "asr"
 
-    def __init__(self, engines: Engines, config: Config) -> None:
+    def __init__(self, asr: AsrService, config: Config) -> None:
         super().__init__()
-        assert engines.transcriber is not None and engines.asr_worker is not None and engines.paths is not None
-        self.transcriber = engines.transcriber
-        self.worker = engines.asr_worker
+        if asr.model_dir is None:
+            raise VoicebotError("voicebot wyoming serves this machine's own Whisper, and none is loaded")
+        self.asr = asr
         self.max_audio_s = config.wyoming.max_audio_s
-        self.info = asr_info(engines.paths.asr, config)
+        self.info = asr_info(asr.model_dir, config)
         self.info_event = self.info.event()
 
     def connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> AsrConnection:
@@ -112,10 +113,10 @@ class _Utterance:
 class AsrConnection(Connection):
     """`transcribe`, `audio-start`, `audio-chunk`s and `audio-stop` in, one `transcript` out."""
 
-    service: AsrService
+    server: AsrServer
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, service: AsrService) -> None:
-        super().__init__(reader, writer, service)
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: AsrServer) -> None:
+        super().__init__(reader, writer, server)
         self._request: Transcribe | None = None
         self._utterance: _Utterance | None = None
 
@@ -127,7 +128,7 @@ class AsrConnection(Connection):
 
     async def handle_event(self, event) -> bool:
         if Describe.is_type(event.type):
-            await self.write_event(self.service.info_event)
+            await self.write_event(self.server.info_event)
         elif Transcribe.is_type(event.type):
             self._request = parsed(Transcribe.from_event, event)
         elif AudioStart.is_type(event.type):
@@ -150,9 +151,9 @@ class AsrConnection(Connection):
             if len(chunk.audio) % (chunk.width * chunk.channels):
                 raise BadRequest("an audio-chunk's payload is not a whole number of samples", "bad-audio")
             utterance.seconds += chunk.seconds
-            if utterance.seconds > self.service.max_audio_s:
+            if utterance.seconds > self.server.max_audio_s:
                 raise BadRequest(
-                    f"audio longer than {self.service.max_audio_s:g} s (wyoming.max_audio_s); it is not transcribed",
+                    f"audio longer than {self.server.max_audio_s:g} s (wyoming.max_audio_s); it is not transcribed",
                     "audio-too-long",
                 )
             utterance.pcm += utterance.converter.convert(chunk).audio
@@ -179,7 +180,7 @@ class AsrConnection(Connection):
             return
         samples = np.frombuffer(bytes(utterance.pcm), np.int16).astype(np.float32) / 32768.0
         started = time.monotonic()
-        transcript = await self.service.worker.run(self.service.transcriber.transcribe, samples)
+        transcript = await self.server.asr.transcribe(samples)
         log.info(
             "%s: %.1f s of audio (%s) transcribed in %.2f s: %r",
             self.label,

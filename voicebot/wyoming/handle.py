@@ -21,13 +21,12 @@ from wyoming.handle import Handled, HandledChunk, HandledStart, HandledStop, Not
 from wyoming.info import Attribution, Describe, HandleModel, HandleProgram, Info
 
 from voicebot.config import Config
-from voicebot.engines import Engines
 from voicebot.errors import RequestTooLargeError, VoicebotError
 from voicebot.llm import ChatModel, Conversation, Interrupted, PromptCost, Sampling, system_prompts
-from voicebot.llm_service import LlmBusyError, Priority
-from voicebot.registry import entry_at
+from voicebot.llm_service import LlmBusyError, LlmService, Priority
+from voicebot.models.registry import entry_at
 from voicebot.tts import language_of
-from voicebot.wyoming.peer import BadRequest, Connection, Service, parsed, text_field
+from voicebot.wyoming.peer import BadRequest, Connection, EventServer, parsed, text_field
 
 log = logging.getLogger(__name__)
 
@@ -78,21 +77,20 @@ def new_conversation(config: Config, name: str, llm_key: str) -> _Remembered:
     return _Remembered(name, llm_key, Conversation(config.conversation, system_prompts(config.llm)))
 
 
-class HandleService(Service):
+class HandleServer(EventServer):
     """The LLM service, the conversations, and their compression in the background."""
 
     name = "handle"
 
-    def __init__(self, engines: Engines, config: Config) -> None:
+    def __init__(self, llm: LlmService, config: Config) -> None:
         super().__init__()
-        assert engines.llm is not None and engines.chat is not None
-        self.llm = engines.llm
-        self.chat: ChatModel = engines.chat
+        self.llm = llm
+        self.chat: ChatModel = llm.chat
         self.sampling = Sampling.from_config(config.llm)
         self.stall_s = config.llm.stall_timeout_s
         self.config = config
         self.conversations = Conversations(config)
-        self.info = handle_info(engines.chat, config)
+        self.info = handle_info(llm.chat, config)
         self.info_event = self.info.event()
         self._connection_ids = itertools.count(1)
         self._background: set[asyncio.Task[None]] = set()
@@ -156,12 +154,12 @@ def handle_info(chat: ChatModel, config: Config) -> Info:
 class HandleConnection(Connection):
     """`transcript` in; `handled-start`, `handled-chunk`s as the answer is written, `handled`, `handled-stop` out."""
 
-    service: HandleService
+    server: HandleServer
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, service: HandleService, connection_id: str
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: HandleServer, connection_id: str
     ) -> None:
-        super().__init__(reader, writer, service)
+        super().__init__(reader, writer, server)
         self.connection_id = connection_id
         self._own: _Remembered | None = None
         """The conversation of transcripts that carry no conversation id."""
@@ -172,7 +170,7 @@ class HandleConnection(Connection):
 
     async def handle_event(self, event) -> bool:
         if Describe.is_type(event.type):
-            await self.write_event(self.service.info_event)
+            await self.write_event(self.server.info_event)
         elif Transcript.is_type(event.type):
             await self._answer(parsed(Transcript.from_event, event))
         return True
@@ -187,11 +185,11 @@ class HandleConnection(Connection):
         requested = request.language if isinstance(request.language, str) else ""
         language = language_of(question, default=re.split(r"[-_]", requested, maxsplit=1)[0].lower() or "en")
         if conversation_id is not None:
-            remembered = self.service.conversations.get(conversation_id)
+            remembered = self.server.conversations.get(conversation_id)
         else:
             # Kept apart from the LRU, so no peer can name it and join it.
             remembered = self._own = self._own or new_conversation(
-                self.service.config, self.connection_id, f"wyoming-{self.connection_id}"
+                self.server.config, self.connection_id, f"wyoming-{self.connection_id}"
             )
         async with remembered.lock:
             self._answering = remembered.name  # Kept if the peer leaves: the line logged about it names it.
@@ -222,10 +220,10 @@ class HandleConnection(Connection):
             prompt.update(cost=cost, earlier=len(conversation.exchanges), summary=bool(conversation.summary))
 
         try:
-            generation = self.service.llm.generate(
+            generation = self.server.llm.generate(
                 remembered.llm_key,
                 lambda chat: conversation.prompt(question, language, chat),
-                self.service.sampling,
+                self.server.sampling,
                 Priority.TYPED,
                 on_prompt,
             )
@@ -238,12 +236,12 @@ class HandleConnection(Connection):
             async with generation:
                 while True:
                     try:
-                        piece = await asyncio.wait_for(anext(generation), self.service.stall_s)
+                        piece = await asyncio.wait_for(anext(generation), self.server.stall_s)
                     except StopAsyncIteration:
                         break
                     except TimeoutError:
                         raise BadRequest(
-                            f"the LLM wrote nothing for {self.service.stall_s:g} s (llm.stall_timeout_s)", "llm-stalled"
+                            f"the LLM wrote nothing for {self.server.stall_s:g} s (llm.stall_timeout_s)", "llm-stalled"
                         ) from None
                     pieces.append(piece)
                     await self.write_event(HandledChunk(text=piece).event())
@@ -252,7 +250,7 @@ class HandleConnection(Connection):
         # The whole answer exactly as written, so the conversation's KV cache stays valid for its next turn.
         conversation.add(question, "".join(pieces))
         answer = "".join(pieces).strip()
-        self.service.compress_in_background(remembered)
+        self.server.compress_in_background(remembered)
         cost, earlier = prompt.get("cost"), prompt.get("earlier", 0)
         log.info(
             "%s: conversation %s, turn %d: %d earlier exchange%s%s in the prompt, %s prompt tokens cached; "

@@ -18,6 +18,7 @@ from wyoming.event import Event, async_write_event
 from wyoming.server import AsyncEventHandler
 
 from voicebot.errors import VoicebotError
+from voicebot.runtime.net import PeerError, PeerLeft
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +34,6 @@ EVENT_BODY_TIMEOUT_S = 30.0
 """Once a header has arrived, the data and payload it announces must follow within this long."""
 MAX_CONNECTIONS = 16
 """Open connections per server; Home Assistant opens one per request."""
-
-
-class PeerError(Exception):
-    """What the peer sent cannot be read as a Wyoming event; the connection cannot go on."""
-
-    def __init__(self, reason: str, code: str = "invalid-event") -> None:
-        super().__init__(reason)
-        self.code = code
-
-
-class PeerLeft(Exception):
-    """The peer went away in the middle of something."""
 
 
 class BadRequest(Exception):
@@ -150,7 +139,7 @@ def text_field(value: object, what: str, max_chars: int) -> str:
     return value
 
 
-class Service:
+class EventServer:
     """What the connections of one server share; subclasses serve one Wyoming domain."""
 
     name: ClassVar[str] = "?"
@@ -163,7 +152,7 @@ class Service:
         raise NotImplementedError
 
     async def close(self) -> None:
-        """Stop any work the service runs beside its connections."""
+        """Stop any work the server runs beside its connections."""
 
 
 class Connection(AsyncEventHandler):
@@ -173,9 +162,9 @@ class Connection(AsyncEventHandler):
     connection goes on; `pending()` names unfinished work, for the line logged if the peer leaves.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, service: Service) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: EventServer) -> None:
         super().__init__(reader, writer)
-        self.service = service
+        self.server = server
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "a peer"
         self.task: asyncio.Task[None] | None = None
@@ -187,25 +176,25 @@ class Connection(AsyncEventHandler):
     @property
     def label(self) -> str:
         """How log lines name this connection: "wyoming asr: 127.0.0.1:50312"."""
-        return f"wyoming {self.service.name}: {self.peer}"
+        return f"wyoming {self.server.name}: {self.peer}"
 
     async def run(self) -> None:
         """Serve events until the peer leaves, breaks the protocol, or the server stops."""
         self._is_running = True
         self.task = asyncio.current_task()
-        if len(self.service.connections) >= MAX_CONNECTIONS:
+        if len(self.server.connections) >= MAX_CONNECTIONS:
             log.warning("%s refused: %d connections are already open", self.label, MAX_CONNECTIONS)
             await self._send_quietly(Error(f"{MAX_CONNECTIONS} connections are already open", "busy").event())
             self.writer.close()
             return
-        self.service.connections.add(self)
+        self.server.connections.add(self)
         try:
             await self._serve()
         except asyncio.CancelledError:
             log.info("%s: connection closed as the server stops%s", self.label, self._during())
             raise
         finally:
-            self.service.connections.discard(self)
+            self.server.connections.discard(self)
             self.writer.close()
 
     async def _serve(self) -> None:

@@ -13,15 +13,17 @@ import os
 
 from wyoming.server import AsyncTcpServer, HandlerFactory
 
+from voicebot.asr import AsrService
 from voicebot.config import Config
-from voicebot.engines import Engines
 from voicebot.errors import ConfigError, VoicebotError
-from voicebot.http.app import is_loopback
+from voicebot.llm_service import LlmService
+from voicebot.runtime.net import is_loopback
+from voicebot.tts import TtsService
 from voicebot.wyoming.announce import Announcer
-from voicebot.wyoming.asr import AsrService
-from voicebot.wyoming.handle import HandleService
-from voicebot.wyoming.peer import MAX_HEADER_BYTES, Connection, Service
-from voicebot.wyoming.tts import TtsService
+from voicebot.wyoming.asr import AsrServer
+from voicebot.wyoming.handle import HandleServer
+from voicebot.wyoming.peer import MAX_HEADER_BYTES, Connection, EventServer
+from voicebot.wyoming.tts import TtsServer
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ class WyomingServers:
         self.host = config.wyoming.host
         wyoming = config.wyoming
         self.ports = {"asr": wyoming.asr_port, "tts": wyoming.tts_port, "handle": wyoming.handle_port}
-        self.services: dict[str, Service] = {}
+        self.servers: dict[str, EventServer] = {}
         self._servers: dict[str, _TcpServer] = {}
         self._announcer: Announcer | None = None
 
@@ -115,14 +117,14 @@ class WyomingServers:
             self._servers[name] = server
 
     def _connect(self, name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Connection:
-        return self.services[name].connect(reader, writer)
+        return self.servers[name].connect(reader, writer)
 
-    async def start(self, engines: Engines) -> None:
-        """Serve the loaded engines on the bound ports, and announce them off loopback."""
-        self.services = {
-            "asr": AsrService(engines, self.config),
-            "tts": TtsService(engines, self.config),
-            "handle": HandleService(engines, self.config),
+    async def start(self, asr: AsrService, tts: TtsService, llm: LlmService) -> None:
+        """Serve the loaded stages on the bound ports, and announce them off loopback."""
+        self.servers = {
+            "asr": AsrServer(asr, self.config),
+            "tts": TtsServer(tts, self.config),
+            "handle": HandleServer(llm, self.config),
         }
         for server in self._servers.values():
             await server.start()
@@ -141,7 +143,7 @@ class WyomingServers:
             self._announcer = None
         for server in self._servers.values():
             server.close()
-        connections = [connection for service in self.services.values() for connection in service.connections]
+        connections = [connection for server in self.servers.values() for connection in server.connections]
         for connection in connections:
             await connection.stop()
         tasks = [connection.task for connection in connections if connection.task is not None]
@@ -150,5 +152,5 @@ class WyomingServers:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        for service in self.services.values():
-            await service.close()
+        for server in self.servers.values():
+            await server.close()

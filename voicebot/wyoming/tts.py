@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import importlib.metadata
 import json
 import logging
@@ -25,11 +24,10 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 from voicebot.audio import AudioChunk as Audio
 from voicebot.chunker import SentenceChunker
 from voicebot.config import Config
-from voicebot.engines import Engines
-from voicebot.registry import entry_at
-from voicebot.threads import iterate_in_worker
-from voicebot.tts import language_of
-from voicebot.wyoming.peer import BadRequest, Connection, Service, parsed, text_field
+from voicebot.errors import VoicebotError
+from voicebot.models.registry import entry_at
+from voicebot.tts import TtsService, language_of
+from voicebot.wyoming.peer import BadRequest, Connection, EventServer, parsed, text_field
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +37,20 @@ SAMPLES_PER_CHUNK = 1024
 WIDTH_BYTES = 2
 
 
-class TtsService(Service):
+class TtsServer(EventServer):
     """The loaded Synthesizer, on its pinned worker, for every connection."""
 
     name = "tts"
 
-    def __init__(self, engines: Engines, config: Config) -> None:
+    def __init__(self, tts: TtsService, config: Config) -> None:
         super().__init__()
-        assert engines.synthesizer is not None and engines.tts_worker is not None and engines.paths is not None
-        self.synthesizer = engines.synthesizer
-        self.worker = engines.tts_worker
+        if not tts.voices:
+            raise VoicebotError("voicebot wyoming serves this machine's own Piper voices, and none is loaded")
+        self.speech = tts
         self.tts = config.tts
-        self.voices = {_voice_name(path): language for language, path in engines.paths.voices.items()}
+        self.voices = {_voice_name(path): language for language, path in tts.voices.items()}
         """Voice name (the .onnx file's name) -> the Synthesizer's language key."""
-        self.info = tts_info(engines.paths.voices)
+        self.info = tts_info(tts.voices)
         self.info_event = self.info.event()
         self._warned: set[str] = set()
 
@@ -130,10 +128,10 @@ def _voice_licence(path: Path) -> str:
 class TtsConnection(Connection):
     """`synthesize`, or `synthesize-start`/`-chunk`s/`-stop`, in; audio out."""
 
-    service: TtsService
+    server: TtsServer
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, service: TtsService) -> None:
-        super().__init__(reader, writer, service)
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: TtsServer) -> None:
+        super().__init__(reader, writer, server)
         self._stream: _Speech | None = None
 
     def pending(self) -> str | None:
@@ -143,19 +141,19 @@ class TtsConnection(Connection):
 
     async def handle_event(self, event) -> bool:
         if Describe.is_type(event.type):
-            await self.write_event(self.service.info_event)
+            await self.write_event(self.server.info_event)
         elif Synthesize.is_type(event.type):
             if self._stream is not None:
                 return True  # The whole text again, which streaming clients send for servers that do not stream.
             request = parsed(Synthesize.from_event, event)
-            speech = _Speech(self, self.service.language_for(request.voice), streamed=False)
+            speech = _Speech(self, self.server.language_for(request.voice), streamed=False)
             await speech.feed(text_field(request.text, "the text", MAX_TEXT_CHARS))
             await speech.finish()
         elif SynthesizeStart.is_type(event.type):
             if self._stream is not None:
                 raise BadRequest("synthesize-start while a streamed synthesis is open", "invalid-event")
             start = parsed(SynthesizeStart.from_event, event)
-            self._stream = _Speech(self, self.service.language_for(start.voice), streamed=True)
+            self._stream = _Speech(self, self.server.language_for(start.voice), streamed=True)
         elif SynthesizeChunk.is_type(event.type):
             if self._stream is None:
                 raise BadRequest("synthesize-chunk without synthesize-start", "invalid-event")
@@ -175,7 +173,7 @@ class _Speech:
 
     def __init__(self, connection: TtsConnection, language: str | None, streamed: bool) -> None:
         self.connection = connection
-        self.service = connection.service
+        self.server = connection.server
         self.language = language
         self.streamed = streamed
         self.chars = 0
@@ -195,7 +193,7 @@ class _Speech:
             self.refused = True
             raise BadRequest(f"more than {MAX_TEXT_CHARS} characters to synthesise in one request", "text-too-long")
         if self._chunker is None:
-            tts = self.service.tts
+            tts = self.server.tts
             language = self.language or language_of(text)
             self._chunker = SentenceChunker(tts.first_piece_chars, tts.max_piece_chars, language=language)
         for piece in self._chunker.feed(text):
@@ -207,7 +205,7 @@ class _Speech:
             for piece in self._chunker.flush():
                 await self._say(piece)
         if self._rate_hz is None:
-            await self._start(self.service.synthesizer.rate_hz)  # Nothing to say: an empty stream, still well formed.
+            await self._start(self.server.speech.rate_hz)  # Nothing to say: an empty stream, still well formed.
         await self.connection.write_event(AudioStop(timestamp=self._timestamp_ms()).event())
         if self.refused:
             return  # Its refusal was logged.
@@ -221,8 +219,7 @@ class _Speech:
         )
 
     async def _say(self, piece: str) -> None:
-        synthesize = functools.partial(self.service.synthesizer.synthesize, piece, self.language)
-        async with contextlib.aclosing(iterate_in_worker(self.service.worker, synthesize)) as audio_chunks:
+        async with contextlib.aclosing(self.server.speech.synthesize(piece, self.language)) as audio_chunks:
             async for audio in audio_chunks:
                 await self._send(audio)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from voicebot.config import Config
 from voicebot.errors import ModelNotFoundError
-from voicebot.registry import PI_PROFILE, REGISTRY, entry_at
+from voicebot.models.registry import PI_PROFILE, REGISTRY, entry_at
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Voice and typed chats on one model, measured: what each costs the other.
 
-    python -m voicebot.bench_http [--rounds 5] [--json FILE] [--config PATH] [--set section.key=value ...]
+    python -m voicebot.tools.bench_http [--rounds 5] [--json FILE] [--config PATH] [--set section.key=value ...]
 
 One process runs the real pipeline (Piper saying the wake word and a question, heard as fast as the
 pipeline takes it) and the real HTTP server, on the same models. Each round measures, with the
@@ -29,17 +29,18 @@ import httpx
 import numpy as np
 
 from voicebot.assistant import load_engines
-from voicebot.audio import FRAME_SAMPLES, INPUT_RATE_HZ, AudioChunk, Clock, WavSink
+from voicebot.audio import FRAME_SAMPLES, INPUT_RATE_HZ, AudioChunk, WavSink
 from voicebot.config import Config, load_config
 from voicebot.engines import Engines
 from voicebot.errors import VoicebotError
 from voicebot.http.app import HttpServer, VoiceLink, create_app
 from voicebot.llm_service import Priority
 from voicebot.pipeline import Pipeline
-from voicebot.soak import soak_config, turn_clips
-from voicebot.trace import Tracer
+from voicebot.runtime.clock import Clock
+from voicebot.runtime.trace import Tracer
+from voicebot.tools.soak import soak_config, turn_clips
 
-log = logging.getLogger("voicebot.bench_http")
+log = logging.getLogger("voicebot.tools.bench_http")
 
 STREAMS = 8
 TYPED_QUESTION = "Write a very long story about a dragon, at least ten paragraphs."
@@ -84,12 +85,13 @@ class Bench:
         self.clock = Clock()
         self.tracer = Tracer(self.clock, keep=True)
         self.source = ClipsOnDemand(self.clock)
-        assert engines.synthesizer is not None
-        self.sink = WavSink(folder / "replies.wav", self.clock, realtime=False, rate_hz=engines.synthesizer.rate_hz)
+        self.sink = WavSink(folder / "replies.wav", self.clock, realtime=False, rate_hz=engines.tts.rate_hz)
         self.pipeline = Pipeline(engines, self.source, self.sink, self.tracer)
         self.started = asyncio.Event()
         self.server = HttpServer(
-            create_app(engines, config, VoiceLink(state=lambda: self.pipeline.state.value)),
+            create_app(
+                engines.llm, config, engines.loaded_models(), VoiceLink(state=lambda: self.pipeline.state.value)
+            ),
             config.http,
             on_started=lambda url: self.started.set(),
         )
@@ -119,7 +121,6 @@ class Bench:
         await asyncio.sleep(1.2)  # past conversation.forget_after_s: every turn starts with no history
         self.source.clips.put_nowait(clip)
         if while_generating is not None:
-            assert self.engines.llm is not None
             await self.until(lambda: self.engines.llm.running is Priority.VOICE, "the voice answer being written")
             await while_generating()
         await self.wait_for("turn_end", turns + 1)
@@ -164,7 +165,7 @@ class Bench:
                     last = now
 
     async def run(self, rounds: int) -> dict[str, Any]:
-        clips = turn_clips(self.engines)[:1]  # the same question every time
+        clips = (await turn_clips(self.engines.tts))[:1]  # the same question every time
         results: dict[str, list[float]] = {key: [] for key in ("http_alone", "http_during_voice", "voice_alone")}
         results["voice_with_streams"] = []
         pipeline = asyncio.create_task(self.pipeline.run(), name="pipeline")
@@ -217,7 +218,7 @@ def summarise(results: dict[str, list[float]], token_gaps_s: list[float]) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m voicebot.bench_http", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m voicebot.tools.bench_http", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the four measurements (default 5)")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--config", metavar="PATH", help="YAML config file")
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             engines.close()
     except VoicebotError as error:
-        print(f"voicebot.bench_http: {error}", file=sys.stderr)
+        print(f"voicebot.tools.bench_http: {error}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))
     if args.json:

@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 from typing import IO, Any
 
-from voicebot.audio import Clock
 from voicebot.errors import VoicebotError, describe_os_error
+from voicebot.runtime.clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +73,7 @@ class HeldTracer:
         for event, t, fields in self._held:
             self.tracer.emit(event, t, **fields)
         self._held.clear()
+
+
+Trace = Tracer | HeldTracer
+"""Where a stage reports what it did: the whole trace, or one turn's held view of it."""

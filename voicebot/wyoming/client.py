@@ -1,37 +1,29 @@
-"""Engines on other machines: speech recognition and TTS on Wyoming servers, the LLM on an OpenAI-compatible one.
+"""Wyoming clients: speech recognition and TTS on another machine's Wyoming servers (asr/tts.backend: wyoming).
 
-Each is a client with explicit time-outs that raises RemoteEngineError, one line naming the server and
-what went wrong, for the caller to fall back to the local model or apologise. A dead server never
-hangs a turn.
+Each has explicit time-outs and raises RemoteEngineError, one line naming the server and what went
+wrong, for the stage's service to fall back to the local model or give up. A dead server never hangs
+a turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import time
 from typing import Any, AsyncIterator
 from urllib.parse import urlparse
 
-import httpx
 import numpy as np
 
 from voicebot.asr import Transcript
 from voicebot.audio import AudioChunk
-from voicebot.config import AsrConfig, LlmConfig, TtsConfig
-from voicebot.errors import ConfigError, VoicebotError
-from voicebot.llm import Message, Sampling
+from voicebot.config import AsrConfig, TtsConfig
+from voicebot.errors import ConfigError, RemoteEngineError
 
 log = logging.getLogger(__name__)
 
 INPUT_RATE_HZ = 16000
 CHUNK_SAMPLES = 1024
-
-
-class RemoteEngineError(VoicebotError):
-    """A remote engine could not be reached, failed, or was too slow."""
 
 
 def tcp_address(url: str | None, key: str) -> tuple[str, int]:
@@ -137,79 +129,3 @@ def _float_chunk(chunk: Any) -> AudioChunk:
     if chunk.channels > 1:
         samples = samples.reshape(-1, chunk.channels).mean(axis=1)
     return AudioChunk(samples.astype(np.float32), chunk.rate)
-
-
-class RemoteChat:
-    """An OpenAI-compatible server's chat completions, streamed (llm.backend: openai)."""
-
-    def __init__(self, config: LlmConfig) -> None:
-        parsed = urlparse(config.url or "")
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ConfigError(
-                f"config error: llm.url is {config.url!r}; give the API base, such as http://host:8080/v1"
-            )
-        self.url = config.url.rstrip("/")
-        self.model = config.model
-        self.timeout_s = config.timeout_s
-        self.headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-
-    async def stream(self, messages: list[Message], sampling: Sampling) -> AsyncIterator[str]:
-        """The answer's text as the server writes it. RemoteEngineError if the server cannot be reached,
-        refuses, or sends nothing for llm.timeout_s (before the first token or between two)."""
-        body: dict[str, Any] = {
-            "model": self.model or "default",
-            "messages": messages,
-            "stream": True,
-            "max_tokens": sampling.max_tokens,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-        }
-        if sampling.seed is not None:
-            body["seed"] = sampling.seed
-        started = time.monotonic()
-        client = httpx.AsyncClient(base_url=self.url + "/", headers=self.headers, timeout=self.timeout_s)
-        try:
-            async with client, client.stream("POST", "chat/completions", json=body) as response:
-                if response.status_code != 200:
-                    detail = (await response.aread()).decode("utf-8", "replace")[:200]
-                    raise RemoteEngineError(f"the LLM server at {self.url} answered {response.status_code}: {detail}")
-                lines = response.aiter_lines()
-                while True:
-                    try:
-                        line = await asyncio.wait_for(anext(lines), self.timeout_s)
-                    except StopAsyncIteration:
-                        return
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
-                    text = _delta_text(data, self.url)
-                    if text:
-                        yield text
-        except TimeoutError:
-            waited = time.monotonic() - started
-            raise RemoteEngineError(
-                f"the LLM server at {self.url} sent nothing for {self.timeout_s:g} s (llm.timeout_s), "
-                f"{waited:.1f} s into the answer"
-            ) from None
-        except httpx.TimeoutException:
-            raise RemoteEngineError(
-                f"the LLM server at {self.url} did not answer within {self.timeout_s:g} s (llm.timeout_s)"
-            ) from None
-        except httpx.HTTPError as error:
-            raise RemoteEngineError(f"cannot reach the LLM server at {self.url}: {error}") from None
-
-
-def _delta_text(data: str, url: str) -> str:
-    try:
-        chunk = json.loads(data)
-    except json.JSONDecodeError:
-        raise RemoteEngineError(f"the LLM server at {url} sent a chunk that is not JSON: {data[:80]!r}") from None
-    if "error" in chunk:
-        message = chunk["error"].get("message") if isinstance(chunk["error"], dict) else chunk["error"]
-        raise RemoteEngineError(f"the LLM server at {url} failed mid-answer: {message}")
-    choices = chunk.get("choices") or []
-    if not choices:
-        return ""
-    return (choices[0].get("delta") or {}).get("content") or ""

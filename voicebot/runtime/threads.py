@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
+import time
 from typing import AsyncIterator, Callable, Iterator, Literal, TypeVar
 
 from voicebot.errors import ConfigError
 
 T = TypeVar("T")
 Role = Literal["llm", "tts", "asr"]
+CallWatcher = Callable[[str, float, float], None]
+"""Told of every call a worker ran: its name, and when the call started and ended (time.monotonic())."""
 
 
 def available_cores() -> tuple[int, ...]:
@@ -50,6 +54,7 @@ class PinnedWorker:
         self.name = name
         self.cores = cores
         self.thread_id: int | None = None
+        self._watchers: tuple[CallWatcher, ...] = ()
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=name, initializer=self._pin
         )
@@ -60,7 +65,30 @@ class PinnedWorker:
 
     def submit(self, fn: Callable[..., T], *args) -> concurrent.futures.Future[T]:
         """Run fn(*args) on the pinned thread."""
-        return self._executor.submit(fn, *args)
+        watchers = self._watchers
+        if not watchers:
+            return self._executor.submit(fn, *args)
+
+        def watched() -> T:
+            started = time.monotonic()
+            try:
+                return fn(*args)
+            finally:
+                ended = time.monotonic()
+                for watcher in watchers:
+                    watcher(self.name, started, ended)
+
+        return self._executor.submit(watched)
+
+    @contextlib.contextmanager
+    def watched(self, watcher: CallWatcher) -> Iterator[None]:
+        """Within the block, tell `watcher` of every call this worker runs, whoever asked for it (the benchmark's
+        view of how long each stage worked, through the services as any client uses them)."""
+        self._watchers = (*self._watchers, watcher)
+        try:
+            yield
+        finally:
+            self._watchers = tuple(w for w in self._watchers if w is not watcher)
 
     def call(self, fn: Callable[..., T], *args) -> T:
         """Run fn(*args) on the pinned thread and wait for it, from synchronous code."""

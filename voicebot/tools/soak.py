@@ -1,6 +1,6 @@
 """Soak test: hundreds of spoken turns in one process, watching memory, open files and threads.
 
-    python -m voicebot.soak [--turns 300] [--json FILE] [--config PATH] [--set section.key=value ...]
+    python -m voicebot.tools.soak [--turns 300] [--json FILE] [--config PATH] [--set section.key=value ...]
 
 Each turn is Piper saying the wake word and a question, heard by the real pipeline as fast as it can
 take it (a WAV-like source that loops the turns), answered with the real models into a WAV file. After
@@ -25,14 +25,15 @@ from typing import Any, AsyncIterator
 import numpy as np
 
 from voicebot.assistant import load_engines
-from voicebot.audio import FRAME_SAMPLES, INPUT_RATE_HZ, AudioChunk, Clock, WavSink
+from voicebot.audio import FRAME_SAMPLES, INPUT_RATE_HZ, AudioChunk, WavSink
 from voicebot.config import Config, load_config
-from voicebot.engines import Engines
 from voicebot.errors import VoicebotError
 from voicebot.pipeline import Pipeline
-from voicebot.trace import Tracer
+from voicebot.runtime.clock import Clock
+from voicebot.runtime.trace import Tracer
+from voicebot.tts import TtsService
 
-log = logging.getLogger("voicebot.soak")
+log = logging.getLogger("voicebot.tools.soak")
 
 SETTLED_AFTER_TURNS = 20
 ANSWER_TIMEOUT_S = 60.0
@@ -111,21 +112,19 @@ class SamplingTracer(Tracer):
             self.on_turn_end()
 
 
-def turn_clips(engines: Engines) -> list[np.ndarray]:
+async def turn_clips(tts: TtsService) -> list[np.ndarray]:
     """Piper saying the wake word and each question, with the pauses a person leaves."""
-    synthesizer, worker = engines.synthesizer, engines.tts_worker
-    assert synthesizer is not None and worker is not None
 
-    def speak(text: str) -> np.ndarray:
-        chunks = worker.call(lambda: list(synthesizer.synthesize(text)))
-        audio = AudioChunk(np.concatenate([c.samples for c in chunks]), chunks[0].rate_hz)
+    async def speak(text: str) -> np.ndarray:
+        audio = await tts.speak(text)
+        assert audio is not None
         return audio.resampled(INPUT_RATE_HZ).samples
 
     def silence(seconds: float) -> np.ndarray:
         return np.zeros(int(seconds * INPUT_RATE_HZ), np.float32)
 
-    wake = speak("Hey Jarvis.")
-    return [np.concatenate([silence(0.5), wake, silence(0.3), speak(q), silence(1.5)]) for q in QUESTIONS]
+    wake = await speak("Hey Jarvis.")
+    return [np.concatenate([silence(0.5), wake, silence(0.3), await speak(q), silence(1.5)]) for q in QUESTIONS]
 
 
 def soak_config(config: Config) -> Config:
@@ -141,7 +140,7 @@ def run_soak(config: Config, turns: int) -> dict[str, Any]:
     engines = load_engines(config)
     samples: list[Sample] = []
     try:
-        clips = turn_clips(engines)
+        clips = asyncio.run(turn_clips(engines.tts))
         clock = Clock()
         source = LoopedTurns(clips, turns, clock)
 
@@ -151,8 +150,7 @@ def run_soak(config: Config, turns: int) -> dict[str, Any]:
 
         tracer = SamplingTracer(clock, on_turn_end)
         with tempfile.TemporaryDirectory(prefix="voicebot-soak-") as folder:
-            assert engines.synthesizer is not None
-            sink = WavSink(Path(folder) / "replies.wav", clock, realtime=False, rate_hz=engines.synthesizer.rate_hz)
+            sink = WavSink(Path(folder) / "replies.wav", clock, realtime=False, rate_hz=engines.tts.rate_hz)
             try:
                 pipeline = Pipeline(engines, source, sink, tracer)
                 asyncio.run(pipeline.run())
@@ -194,7 +192,7 @@ def verdict(samples: list[Sample], turns: int, reasons: dict[str, int]) -> dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m voicebot.soak", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m voicebot.tools.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--turns", type=int, default=300, help="spoken turns to run (default 300; CI runs 40)")
     parser.add_argument("--json", metavar="FILE", help="write the figures, with a sample per turn, as JSON")
     parser.add_argument("--config", metavar="PATH", help="YAML config file")

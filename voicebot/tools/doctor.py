@@ -121,7 +121,7 @@ def check_remote_engines(config: Config, timeout_s: float = 3.0) -> list[Finding
 async def _probe_remote(backend: str, section, timeout_s: float) -> str:
     import httpx
 
-    from voicebot.remote import tcp_address
+    from voicebot.wyoming.client import tcp_address
 
     if backend == "wyoming":
         from wyoming.client import AsyncTcpClient
@@ -172,7 +172,8 @@ SYSTEM_UNIT = Path("/etc/systemd/system/voicebot.service")
 
 def check_http(config: Config, unit: Path = SYSTEM_UNIT) -> list[Finding]:
     """The chat page and API: a safe address, a free port, and a unit that lets the LAN in when asked to."""
-    from voicebot.http.app import check_http_config, is_loopback
+    from voicebot.http.app import check_http_config
+    from voicebot.runtime.net import is_loopback
 
     http = config.http
     if not http.enabled:
@@ -311,7 +312,7 @@ def _cpu_flags() -> set[str]:
 
 
 def check_models(config: Config) -> list[Finding]:
-    from voicebot.models import resolve_models
+    from voicebot.models.paths import resolve_models
 
     try:
         paths = resolve_models(config)
@@ -326,7 +327,7 @@ def check_models(config: Config) -> list[Finding]:
 
 def _check_hashes(config: Config) -> list[Finding]:
     """Re-hash the registry's models as installed, as `voicebot models verify` does."""
-    from voicebot.fetch import FileState, configured_entries, verify_model
+    from voicebot.models.fetch import FileState, configured_entries, verify_model
 
     models_dir = Path(config.models.dir).expanduser()
     checks = [check for entry in configured_entries(config) for check in verify_model(entry, models_dir)]
@@ -345,7 +346,7 @@ def _check_hashes(config: Config) -> list[Finding]:
 
 
 def check_pinning(config: Config) -> list[Finding]:
-    from voicebot.threads import available_cores, resolve_cores
+    from voicebot.runtime.threads import available_cores, resolve_cores
 
     plan = []
     try:
@@ -362,7 +363,7 @@ def _cores(cores: tuple[int, ...]) -> str:
 
 
 def check_memory(config: Config, available_bytes: int | None = None) -> list[Finding]:
-    from voicebot.models import resolve_models
+    from voicebot.models.paths import resolve_models
 
     try:
         paths = resolve_models(config)

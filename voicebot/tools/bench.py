@@ -45,17 +45,18 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 import voicebot
-from voicebot.audio import INPUT_RATE_HZ, AudioChunk, Clock, PlaybackTimeline, WavSink, WavSource, read_wav
+from voicebot.audio import INPUT_RATE_HZ, AudioChunk, PlaybackTimeline, WavSink, WavSource, read_wav
 from voicebot.chunker import SentenceChunker
 from voicebot.config import Config
 from voicebot.engines import Engines
 from voicebot.errors import VoicebotError
 from voicebot.llm import ChatModel, Conversation, Sampling, system_prompts
-from voicebot.models import ModelPaths, resolve_models
+from voicebot.models.paths import ModelPaths, resolve_models
 from voicebot.pipeline import Pipeline
 from voicebot.reply import Responder
-from voicebot.threads import PinnedWorker, available_cores, iterate_in_worker
-from voicebot.trace import Tracer
+from voicebot.runtime.clock import Clock
+from voicebot.runtime.threads import PinnedWorker, available_cores, iterate_in_worker
+from voicebot.runtime.trace import Tracer
 from voicebot.vad import PRE_ROLL_S, TAIL_S, Endpoint, EndpointKind
 from voicebot.wake import WakeWordDetector
 

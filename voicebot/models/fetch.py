@@ -35,7 +35,7 @@ from voicebot.errors import (
     UnknownModelError,
     UnverifiableModelError,
 )
-from voicebot.registry import MODELS, PI_PROFILE, REGISTRY, ModelEntry, ModelFile, entry_at
+from voicebot.models.registry import MODELS, PI_PROFILE, REGISTRY, ModelEntry, ModelFile, entry_at
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The smoke test install.sh ends with: every model of the configured profile loads and does one small piece of work.
 
-    python -m voicebot.smoke [--config PATH] [--set SECTION.KEY=VALUE ...]
+    python -m voicebot.tools.smoke [--config PATH] [--set SECTION.KEY=VALUE ...]
 
 One line per stage, `ok STAGE (SECONDS s): what it did` or `FAILED STAGE: reason`, and a non-zero exit at the first
 failure. The LLM writes one token, Piper says one word, Whisper must hear that word again, and the wake word model
@@ -12,6 +12,7 @@ it died in.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import difflib
 import os
 import queue
@@ -33,7 +34,7 @@ from voicebot.errors import EX_SOFTWARE, VoicebotError
 
 if TYPE_CHECKING:
     from voicebot.engines import Engines
-    from voicebot.models import ModelPaths
+    from voicebot.models.paths import ModelPaths
 
 STAGES = ("models", "llm", "tts", "asr", "wake")
 WORD = "testing"
@@ -78,7 +79,7 @@ class SmokeTest:
 
     def models(self) -> str:
         """Every model file of the profile is where the config says."""
-        from voicebot.models import resolve_models
+        from voicebot.models.paths import resolve_models
 
         self.paths = resolve_models(self.config)
         names = [self.paths.llm.name, self.paths.asr.name, *(p.name for p in self.paths.voices.values())]
@@ -90,10 +91,10 @@ class SmokeTest:
 
         engines = self._load("llm")
         try:
-            chat = engines.chat
+            chat = engines.llm.chat
             question = [{"role": "user", "content": "Say hello."}]
             one_token = Sampling(max_tokens=1, temperature=0.0)
-            text = engines.llm_worker.call(lambda: chat.complete(chat.prompt_tokens(question), one_token))
+            text = engines.llm.worker.call(lambda: chat.complete(chat.prompt_tokens(question), one_token))
         finally:
             engines.close()
         return f"one token {text!r} from {self.paths.llm.name}"
@@ -102,13 +103,11 @@ class SmokeTest:
         """Piper says one word."""
         engines = self._load("tts")
         try:
-            synthesizer = engines.synthesizer
-            chunks = engines.tts_worker.call(lambda: list(synthesizer.synthesize(WORD, language="en")))
+            spoken = asyncio.run(engines.tts.speak(WORD, language="en"))
         finally:
             engines.close()
-        if not chunks:
+        if spoken is None:
             raise SmokeFailure(f"Piper made no audio for {WORD!r}")
-        spoken = AudioChunk(np.concatenate([chunk.samples for chunk in chunks]), chunks[0].rate_hz)
         if spoken.seconds < 0.2 or float(np.abs(spoken.samples).max()) < 0.01:
             raise SmokeFailure(f"Piper made {spoken.seconds:.2f} s of near-silence for {WORD!r}")
         silence = np.zeros(int(SILENCE_AROUND_WORD_S * INPUT_RATE_HZ), np.float32)
@@ -121,7 +120,7 @@ class SmokeTest:
         """Whisper hears the word Piper said."""
         engines = self._load("asr")
         try:
-            transcript = engines.asr_worker.call(engines.transcriber.transcribe, self.speech.samples)
+            transcript = asyncio.run(engines.asr.transcribe(self.speech.samples))
         finally:
             engines.close()
         if not heard_word(transcript.text):
@@ -133,7 +132,8 @@ class SmokeTest:
         engines = self._load("listen")
         try:
             frame = AudioChunk(self.speech.samples[-FRAME_SAMPLES:], INPUT_RATE_HZ)
-            name, score = engines.listen_worker.call(engines.wake.score, frame)
+            listener = engines.listener
+            name, score = listener.worker.call(listener.wake.score, frame)
         finally:
             engines.close()
         if not 0.0 <= score <= 1.0:
@@ -234,7 +234,7 @@ def _one_line(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """--config and --set, as the voicebot command has them."""
     parser = argparse.ArgumentParser(
-        prog="python -m voicebot.smoke",
+        prog="python -m voicebot.tools.smoke",
         description="Load every model of the configured profile and have each do one small piece of work: the LLM "
         f"writes one token, Piper says {WORD!r}, Whisper hears it, the wake word model scores a frame. One line per "
         "stage; exits non-zero at the first failure.",
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run_as_child(config)
     print(f"ok config ({time.monotonic() - started:.1f} s): {config.source} (profile {config.profile})", flush=True)
     options = [*(["--config", args.config] if args.config else []), *(f"--set={item}" for item in args.set)]
-    command = [sys.executable, "-m", "voicebot.smoke", "--child", *options]
+    command = [sys.executable, "-m", "voicebot.tools.smoke", "--child", *options]
     code = supervise(command, sys.stdout, args.timeout_s)
     if code == 0:
         print(f"smoke test passed in {time.monotonic() - started:.1f} s", flush=True)

@@ -1,0 +1,1 @@
+"""The tools that measure and check voicebot from outside: bench, bench_http, soak, smoke and doctor."""
