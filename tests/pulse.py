@@ -1,6 +1,6 @@
 """A private PulseAudio daemon with a null sink, so PortAudio has real devices on a machine with no sound card.
 
-Follows /work/shared/TESTING-AUDIO.md: `pulseaudio -n` with the native unix protocol and a null sink `vmic`
+How: `pulseaudio -n` with the native unix protocol and a null sink `vmic`
 (16 kHz, mono), clients pointed at it with PULSE_SINK=vmic and PULSE_SOURCE=vmic.monitor. The daemon runs in
 the foreground (--daemonize=no) under subprocess.Popen, so it is stopped by the PID this module started, and it
 keeps its socket, pid file and cookie in a temporary directory (PULSE_RUNTIME_PATH, HOME), so it never touches or

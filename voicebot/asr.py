@@ -76,7 +76,7 @@ class Transcriber:
             self._model = WhisperModel(
                 str(model_dir), device="cpu", compute_type="int8", cpu_threads=threads, num_workers=1
             )
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - model loaders raise many unrelated types; re-raised as one line
             raise ModelLoadError(f"cannot load speech recognition model {model_dir}: {error}") from None
         if config.language != "en" and not self._model.model.is_multilingual:
             raise ConfigError(

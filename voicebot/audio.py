@@ -180,7 +180,7 @@ def _find_device(sd, device: int | str | None, kind: str) -> int | str | None:
     channels_key = "max_input_channels" if kind == "input" else "max_output_channels"
     try:
         devices = sd.query_devices()
-    except Exception as error:  # PortAudio raises its own error types.
+    except Exception as error:  # noqa: BLE001 - PortAudio raises its own error types
         raise AudioDeviceError(f"cannot list sound devices: {error}") from None
     names = [d["name"] for d in devices if d[channels_key] > 0]
     try:
@@ -287,7 +287,7 @@ class MicrophoneSource:
             self.clock.restart()  # Reopened after a loss, it keeps the clock the trace and the timeline use.
         try:
             stream.start()
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - PortAudio raises its own error types
             _close_stream(stream, f"microphone {name}")
             raise AudioDeviceError(f"cannot start microphone {name}: {error}") from None
         try:
@@ -320,7 +320,7 @@ class MicrophoneSource:
         if not self.rate_hz:
             try:
                 default_rate = int(sd.query_devices(device, "input")["default_samplerate"])
-            except Exception:  # PortAudio raises its own error types; opening will say what is wrong.
+            except Exception:  # noqa: BLE001 - PortAudio raises its own error types; opening will say what is wrong
                 default_rate = INPUT_RATE_HZ
             if default_rate != INPUT_RATE_HZ:
                 rates.append(default_rate)
@@ -336,7 +336,7 @@ class MicrophoneSource:
                     callback=on_audio,
                     finished_callback=on_finished,
                 )
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - PortAudio raises its own error types
                 failure = error
                 continue
             if rate_hz != INPUT_RATE_HZ:
@@ -592,7 +592,7 @@ class SpeakerSink:
         self.device = _find_device(sd, self.configured_device, "output")
         try:
             self.rate_hz = int(self.configured_rate_hz or sd.query_devices(self.device, "output")["default_samplerate"])
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - PortAudio raises its own error types
             if self.device is None:
                 raise AudioDeviceError(
                     "no speaker found; connect one, set audio.output_device, or use --output WAV"
@@ -608,7 +608,7 @@ class SpeakerSink:
                 finished_callback=self._on_finished,
             )
             stream.start()
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - PortAudio raises its own error types
             raise AudioDeviceError(
                 f"cannot open speaker {self.name}: {error}; check audio.output_device (voicebot devices)"
             ) from None
@@ -753,7 +753,7 @@ class SpeakerSink:
             try:
                 self._stream.abort()
                 self._stream.start()
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - PortAudio raises its own error types
                 self._error = f"speaker {self.name} failed to restart: {error}"
             finally:
                 self._ending_on_purpose = False
@@ -781,7 +781,7 @@ def list_devices() -> str:
 
     try:
         devices = sd.query_devices()
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - PortAudio raises its own error types
         raise AudioDeviceError(f"cannot list sound devices: {error}") from None
     if len(devices) == 0:
         raise AudioDeviceError(

@@ -129,7 +129,7 @@ class ChatModel:
                 seed=self.config.seed if self.config.seed is not None else 0xFFFFFFFF,
                 verbose=False,
             )
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - model loaders raise many unrelated types; re-raised as one line
             raise ModelLoadError(
                 f"cannot load LLM {self.model_path}: {error}; the file may be truncated, fetch it again"
             ) from None
@@ -234,6 +234,12 @@ class ChatModel:
     def forget_cache(self) -> None:
         """Empty the KV cache, so the next prompt is evaluated whole; on the worker."""
         self._llama.reset()
+
+    def prompt_tokens_evaluated(self) -> int:
+        """llama.cpp's own count of prompt tokens evaluated in batches since loading (a lone token counts elsewhere)."""
+        import llama_cpp
+
+        return int(llama_cpp.llama_perf_context(self._llama._ctx.ctx).n_p_eval)
 
     def stream(
         self, tokens: list[int], sampling: Sampling, should_stop: StopCheck = never

@@ -389,7 +389,7 @@ def _load_voice(model_path: Path, threads: int):
         session = onnxruntime.InferenceSession(
             str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
         )
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - model loaders raise many unrelated types; re-raised as one line
         raise ModelLoadError(f"cannot load Piper voice {model_path}: {error}; fetch the voice again") from None
     return PiperVoice(session=session, config=config)
 

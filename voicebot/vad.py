@@ -45,7 +45,7 @@ class SileroVad:
             self._session = onnxruntime.InferenceSession(
                 str(path), sess_options=options, providers=["CPUExecutionProvider"]
             )
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - model loaders raise many unrelated types; re-raised as one line
             raise ModelLoadError(f"cannot load the Silero VAD model {path}: {error}") from None
         self.reset()
 

@@ -77,7 +77,7 @@ class WakeWordDetector:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*CUDAExecutionProvider.*")
                 self._model = Model(wakeword_model_paths=[str(p) for p in paths])
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - model loaders raise many unrelated types; re-raised as one line
             raise ModelLoadError(f"cannot load wake word model(s) {', '.join(map(str, paths))}: {error}") from None
         self.model_names = list(self._model.models)
         self.reset()

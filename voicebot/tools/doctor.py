@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voicebot.config import Config, load_config
-from voicebot.errors import VoicebotError
+from voicebot.errors import VoicebotError, describe_os_error
 
 # llama.cpp's names for the instruction sets it was built with, and the /proc/cpuinfo flag that says a
 # CPU has each. A library built for a newer CPU dies with "Illegal instruction" at its first model call.
@@ -251,11 +251,12 @@ def check_platform() -> list[Finding]:
 
 def _os_name() -> str:
     try:
-        for line in Path("/etc/os-release").read_text(encoding="utf-8").splitlines():
-            if line.startswith("PRETTY_NAME="):
-                return line.split("=", 1)[1].strip('"')
-    except OSError:
-        pass
+        release = Path("/etc/os-release").read_text(encoding="utf-8")
+    except OSError as error:
+        return f"{platform.system()}; its name unknown: /etc/os-release {describe_os_error(error)}"
+    for line in release.splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip('"')
     return platform.system()
 
 
@@ -276,6 +277,15 @@ def check_llama_build(cpu_flags: set[str] | None = None, system_info: str | None
             return [Finding("llama.cpp", Status.FAIL, f"cannot load llama-cpp-python: {reason}", REBUILD_LLAMA)]
         system_info = probe.stdout
     flags = cpu_flags if cpu_flags is not None else _cpu_flags()
+    if flags is None:
+        return [
+            Finding(
+                "llama.cpp",
+                Status.WARN,
+                "not checked against this CPU: /proc/cpuinfo cannot be read",
+                "run voicebot check where /proc is mounted",
+            )
+        ]
     built = [
         name
         for part in system_info.replace("\n", "|").split("|")
@@ -296,15 +306,17 @@ def check_llama_build(cpu_flags: set[str] | None = None, system_info: str | None
     return [Finding("llama.cpp", Status.OK, f"built for this CPU ({', '.join(built) or 'generic'})")]
 
 
-def _cpu_flags() -> set[str]:
-    flags: set[str] = set()
+def _cpu_flags() -> set[str] | None:
+    """The CPU's instruction set flags, or None if /proc/cpuinfo cannot be read."""
     try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("flags", "Features"):
-                flags |= set(value.split())
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8")
     except OSError:
-        pass
+        return None
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags |= set(value.split())
     return flags
 
 
@@ -470,7 +482,7 @@ def _try_device(sd, kind: str, device) -> Finding:
     key = f"audio.{kind}_device"
     try:
         info = sd.query_devices(device, kind)
-    except Exception as error:  # PortAudio raises its own error types.
+    except Exception as error:  # noqa: BLE001 - PortAudio raises its own error types
         choices = _device_names(sd, kind)
         return Finding(
             area,
@@ -487,7 +499,7 @@ def _try_device(sd, kind: str, device) -> Finding:
             import numpy as np
 
             sd.play(np.zeros(int(0.1 * rate), np.float32), samplerate=rate, device=device, blocking=True)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - PortAudio raises its own error types
         return Finding(
             area,
             Status.FAIL,
@@ -501,5 +513,5 @@ def _device_names(sd, kind: str) -> str:
     channels = "max_input_channels" if kind == "input" else "max_output_channels"
     try:
         return ", ".join(repr(d["name"]) for d in sd.query_devices() if d[channels] > 0)
-    except Exception:  # PortAudio raises its own error types.
+    except Exception:  # noqa: BLE001 - PortAudio raises its own error types
         return ""

@@ -155,7 +155,7 @@ class SmokeTest:
             except VoicebotError as error:
                 print(f"FAILED {stage}: {_one_line(str(error))}", file=out, flush=True)
                 return error.exit_code
-            except Exception as error:  # A model library's own error: still one line, named by its stage.
+            except Exception as error:  # noqa: BLE001 - a model library's own error: still one line, named by its stage
                 print(f"FAILED {stage}: {type(error).__name__}: {_one_line(str(error))}", file=out, flush=True)
                 return EX_SOFTWARE
             print(f"ok {stage} ({time.monotonic() - started:.1f} s): {what}", file=out, flush=True)
