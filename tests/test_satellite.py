@@ -3,7 +3,8 @@
 aioesphomeapi's APIClient is what Home Assistant's ESPHome integration connects to devices with. Here it
 connects to a real `voicebot run --set satellite.enabled=true` hearing a WAV: the wake word in it starts a
 pipeline run, the question is streamed, the answer the test serves by URL is played into the output WAV,
-and so is an announcement; peers that break the protocol are dropped, one log line each.
+and so is an announcement; the wake word heard during the answer stops it and starts a new run (barge-in);
+peers that break the protocol are dropped, one log line each.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from aioesphomeapi.model import VoiceAssistantEventType as Ev
 from aioesphomeapi.model import VoiceAssistantFeature
 from http_server import ServerProcess, free_port
 
-from tests.conftest import build_wav, espeak, run_voicebot
+from tests.conftest import build_wav, espeak, named, run_voicebot, trace_events
 from voicebot.assistant import run_stages
 from voicebot.audio import read_wav
 from voicebot.config import load_config
@@ -35,6 +36,13 @@ START_TIMEOUT_S = 90.0
 TEST_TIMEOUT_S = 150.0
 KEY = base64.b64encode(bytes(range(32))).decode()
 QUESTION = "what is the capital of france"
+LONG_ANSWER = (
+    "Once upon a time a lighthouse keeper lived on a small rocky island with his loyal dog, "
+    "and every evening they climbed the long stairs together to light the great lamp."
+)
+BARGE_IN_GOAL_S = 0.15
+WAKE_INTO_ANSWER_S = 3.0
+"""How far into the long answer the second wake word ends, give or take the test's own delays."""
 
 
 class SatelliteProcess(ServerProcess):
@@ -43,6 +51,7 @@ class SatelliteProcess(ServerProcess):
     def __init__(self, folder: Path, wav: Path, *options: str) -> None:
         satellite_port = free_port()
         self.reply = folder / "reply.wav"
+        self.trace = folder / "trace.jsonl"
         settings = [
             "profile=bundled",
             "satellite.enabled=true",
@@ -50,7 +59,8 @@ class SatelliteProcess(ServerProcess):
             "earcons.wake=false",
         ]
         arguments = [arg for option in (*settings, *options) for arg in ("--set", option)]
-        super().__init__("run", [*arguments, "--input", str(wav), "--output", str(self.reply)], folder / "voicebot.log")
+        files = ["--input", str(wav), "--output", str(self.reply), "--trace", str(self.trace)]
+        super().__init__("run", [*arguments, *files], folder / "voicebot.log")
         self.port = satellite_port
         deadline = time.monotonic() + START_TIMEOUT_S
         while "serving the ESPHome API" not in self.log():
@@ -71,14 +81,20 @@ class SatelliteProcess(ServerProcess):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """The question WAV the satellite hears, and the answer and announcement served over HTTP."""
+    """The WAVs the satellite hears (a question; a question, then the wake word again) and the answers and
+    announcement served over HTTP."""
     folder = tmp_path_factory.mktemp("satellite")
     question = espeak(QUESTION, folder)
-    wav = build_wav(folder / "question.wav", [1.0, espeak("hey jarvis", folder), 0.6, question, 6.0])
+    hey = espeak("hey jarvis", folder)
+    wav = build_wav(folder / "question.wav", [1.0, hey, 0.6, question, 6.0])
     served = folder / "served"
     served.mkdir()
     answer = espeak("The capital of France is Paris.", served, speed=170)
     announcement = espeak("The washing machine has finished.", served, speed=150)
+    long_answer = espeak(LONG_ANSWER, served, speed=160)
+    # Home Assistant (the test) answers about 0.5 s after the question; "hey jarvis" again, while the answer plays.
+    gap_s = 0.5 + WAKE_INTO_ANSWER_S - read_wav(hey).seconds
+    barge_in_wav = build_wav(folder / "barge_in.wav", [1.0, hey, 0.6, question, gap_s, hey, 4.0])
     handler = functools.partial(QuietHandler, directory=str(served))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -92,6 +108,9 @@ def files(tmp_path_factory):
         "answer_url": base + answer.name,
         "announcement": announcement,
         "announcement_url": base + announcement.name,
+        "long_answer": long_answer,
+        "long_answer_url": base + long_answer.name,
+        "barge_in_wav": barge_in_wav,
     }
     server.shutdown()
 
@@ -107,6 +126,7 @@ class FakeHomeAssistant:
     def __init__(self, client: APIClient) -> None:
         self.client = client
         self.starts: list[str | None] = []
+        self.requests: list[tuple[str, str | bool | None]] = []  # ("start", wake word) and ("stop", abort), in order
         self.audio = bytearray()
         self.started = asyncio.Event()
         self.stopped = asyncio.Event()
@@ -124,10 +144,12 @@ class FakeHomeAssistant:
 
     async def _start(self, conversation_id, flags, audio_settings, wake_word_phrase):
         self.starts.append(wake_word_phrase)
+        self.requests.append(("start", wake_word_phrase))
         self.started.set()
         return 0  # Audio over the API, as Home Assistant answers an API_AUDIO subscriber.
 
     async def _stop(self, abort: bool) -> None:
+        self.requests.append(("stop", abort))
         self.stopped.set()
 
     async def _audio(self, data: bytes, data2: bytes | None) -> None:
@@ -248,6 +270,83 @@ async def _conversation(files) -> None:
     print(f"played {reply.seconds:.2f} s, correlation {similarity:.3f} with what was served")
 
 
+async def _long_answer_under_way(satellite: SatelliteProcess, files) -> tuple[APIClient, FakeHomeAssistant]:
+    """Connect as Home Assistant, take the question the first wake word starts, and answer it with the long answer."""
+    client = satellite.client()
+    await asyncio.wait_for(client.connect(login=True), TIMEOUT_S)
+    home = FakeHomeAssistant(client)
+    home.subscribe()
+    await asyncio.wait_for(home.started.wait(), TIMEOUT_S)
+    home.started.clear()
+    await asyncio.wait_for(home.heard(0.6 + files["question_s"]), TIMEOUT_S)
+    client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_RUN_START, None)
+    client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_STT_VAD_END, None)
+    client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_STT_END, {"text": QUESTION})
+    client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_INTENT_END, None)
+    client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_TTS_END, {"url": files["long_answer_url"]})
+    client.send_voice_assistant_event(Ev.VOICE_ASSISTANT_RUN_END, None)
+    return client, home
+
+
+def test_a_wake_word_during_the_answer_stops_it_and_starts_a_new_request(files, tmp_path):
+    asyncio.run(asyncio.wait_for(_barge_in(files, tmp_path), TEST_TIMEOUT_S))
+
+
+async def _barge_in(files, folder) -> None:
+    satellite = SatelliteProcess(folder, files["barge_in_wav"])
+    try:
+        client, home = await _long_answer_under_way(satellite, files)
+        # "hey jarvis" again, about 3 s into the answer: a new request, and the microphone streamed again.
+        await asyncio.wait_for(home.started.wait(), TIMEOUT_S)
+        assert home.requests == [("start", "hey jarvis"), ("stop", True), ("start", "hey jarvis")]
+        await asyncio.wait_for(home.heard(home.audio_s + 1.0), TIMEOUT_S)
+        assert home.finished == [], "an answer cut short was reported as played"
+        await asyncio.wait_for(client.disconnect(), TIMEOUT_S)
+    finally:
+        code = satellite.stop()
+    assert code == 0, satellite.log()
+    events = trace_events(satellite.trace)
+    wakes = named(events, "wake")
+    assert len(wakes) == 2, [e["event"] for e in events]
+    answer_started = named(events, "playback_start")[0]["t"]
+    assert answer_started < wakes[1]["t"], "the second wake word did not land while the answer played"
+    assert [e["state"] for e in named(events, "barge_in")] == ["responding"]
+    stop = named(events, "playback_stop")[0]
+    reaction_s = stop["t"] - wakes[1]["t"]
+    assert 0 <= reaction_s < BARGE_IN_GOAL_S, f"the answer stopped {reaction_s * 1000:.0f} ms after the wake word"
+    # The output fell silent then: the reply WAV holds the answer up to the stop, and not a sample more.
+    reply = read_wav(satellite.reply)
+    assert abs(reply.seconds - (stop["t"] - answer_started)) < 0.1, (reply.seconds, stop["t"] - answer_started)
+    assert reply.seconds < read_wav(files["long_answer"]).seconds - 2.0
+    print(
+        f"wake word {wakes[1]['t'] - answer_started:.2f} s into the answer; "
+        f"playback stopped {reaction_s * 1000:.1f} ms after it was detected"
+    )
+
+
+def test_with_barge_in_off_the_wake_word_during_the_answer_is_ignored(files, tmp_path):
+    asyncio.run(asyncio.wait_for(_barge_in_off(files, tmp_path), TEST_TIMEOUT_S))
+
+
+async def _barge_in_off(files, folder) -> None:
+    satellite = SatelliteProcess(folder, files["barge_in_wav"], "conversation.barge_in=false")
+    try:
+        client, home = await _long_answer_under_way(satellite, files)
+        await asyncio.wait_for(home.finished_event.wait(), TIMEOUT_S)
+        assert [finished.success for finished in home.finished] == [True]
+        await satellite.wait_for_log("satellite: wake word ignored while responding (conversation.barge_in is off)")
+        assert home.requests == [("start", "hey jarvis")]
+        await asyncio.wait_for(client.disconnect(), TIMEOUT_S)
+    finally:
+        code = satellite.stop()
+    assert code == 0, satellite.log()
+    events = trace_events(satellite.trace)
+    assert len(named(events, "wake")) == 1
+    assert not named(events, "barge_in") and not named(events, "playback_stop")
+    reply = read_wav(satellite.reply)
+    assert abs(reply.seconds - read_wav(files["long_answer"]).seconds) < 0.1
+
+
 def test_peers_that_break_the_protocol_are_dropped_and_the_satellite_goes_on(files, tmp_path):
     asyncio.run(asyncio.wait_for(_bad_peers(files, tmp_path), TEST_TIMEOUT_S))
 
@@ -314,8 +413,8 @@ def test_check_warns_of_a_satellite_on_the_network_without_a_key():
     )
     assert check_satellite(load_config(None, ("satellite.enabled=true",))) == []
     fallback = load_config(None, ("satellite.enabled=true", "satellite.fallback_local=true"))
-    assert run_stages(fallback) == {"listen", "asr", "llm", "tts"}
-    assert run_stages(lan) == {"listen"} and run_stages(load_config(None, ())) == {"listen", "asr", "llm", "tts"}
+    assert run_stages(fallback) == {"listen", "asr", "intents", "llm", "tts"}
+    assert run_stages(lan) == {"listen"} and run_stages(load_config(None, ())) == {"listen", "asr", "intents", "llm", "tts"}
 
 
 def test_with_fallback_local_and_no_home_assistant_the_question_is_answered_here(files, tmp_path):

@@ -3,76 +3,64 @@
 Home Assistant's ESPHome integration connects to this server. The wake word is heard here; then the
 microphone is streamed to Home Assistant as VoiceAssistantAudio until its pipeline says the speech
 ended; the answer Home Assistant names by URL is downloaded and played here; an announcement is
-played and answered with VoiceAssistantAnnounceFinished. One task owns the state: the microphone
-loop; the connections only report what Home Assistant said.
+played and answered with VoiceAssistantAnnounceFinished. The wake word heard during the answer stops
+it and starts a new request (barge-in).
+
+One supervisor task owns the state, as in the standalone pipeline. The microphone, the connections
+(voicebot/satellite/api.py), the playback tasks and the local pipeline post events to its inbox;
+cancellation goes out of band, as `Task.cancel()`, awaited.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
-import hashlib
-import io
+import itertools
 import logging
-import re
-import socket
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Mapping
 
 import httpx
-import numpy as np
-import soundfile
 from aioesphomeapi import api_pb2
 from aioesphomeapi.model import VoiceAssistantEventType as Ev
-from aioesphomeapi.model import VoiceAssistantFeature, VoiceAssistantSubscriptionFlag
-from google.protobuf import message as protobuf
 
-from voicebot import __version__
 from voicebot.audio import AudioChunk, AudioSink, AudioSource, PlaybackTimeline
 from voicebot.config import Config, SatelliteConfig
 from voicebot.earcons import Earcon, Earcons
 from voicebot.engines import Engines
-from voicebot.errors import VoicebotError
+from voicebot.errors import AudioDeviceError, VoicebotError
 from voicebot.pipeline import Pipeline
 from voicebot.pipeline import State as PipelineState
+from voicebot.runtime.inbox import Inbox
 from voicebot.runtime.net import is_loopback
 from voicebot.runtime.trace import Tracer
-from voicebot.satellite.frames import (
-    MESSAGE_TYPE_OF,
-    PeerError,
-    PeerLeft,
-    decode_encryption_key,
-    decode_message,
-    open_frames,
+from voicebot.satellite.api import ApiServer, Peer, WakeWords, device_mac, wake_phrase
+from voicebot.satellite.events import (
+    AnnounceRequested,
+    Event,
+    Heard,
+    InputEnded,
+    LocalEnded,
+    LocalStateChanged,
+    PlaybackEnded,
+    PlaybackStarted,
+    RunEvent,
+    RunRefused,
+    SourceFailed,
+    State,
+    Subscribed,
+    Unsubscribed,
 )
+from voicebot.satellite.frames import PeerError, decode_encryption_key
+from voicebot.satellite.media import fetch_audio
+from voicebot.wake import WakeDetection
 
 log = logging.getLogger(__name__)
 
-API_VERSION = (1, 10)
-"""The API version linux-voice-assistant reports."""
-FEATURES = (
-    VoiceAssistantFeature.VOICE_ASSISTANT
-    | VoiceAssistantFeature.API_AUDIO
-    | VoiceAssistantFeature.ANNOUNCE
-    | VoiceAssistantFeature.START_CONVERSATION
-)
-MAX_CONNECTIONS = 4
-"""Home Assistant holds one; a few more for a second instance or a reconnect overlapping the old one."""
-MAX_WRITE_BUFFER_BYTES = 1024 * 1024
-"""A client that leaves this much unread (a stalled Home Assistant while the microphone streams) is dropped."""
 MAX_STREAM_S = 30.0
 """The longest question streamed before the satellite stops on its own (Home Assistant's VAD normally ends it)."""
-MAX_AUDIO_BYTES = 32 * 1024 * 1024
-"""The largest answer or announcement downloaded."""
-DOWNLOAD_TIMEOUT_S = 15.0
-
-
-class State(enum.Enum):
-    """What the satellite is doing."""
-
-    IDLE = "idle"
-    STREAMING = "streaming"  # the microphone goes to Home Assistant
-    RESPONDING = "responding"  # Home Assistant's pipeline runs, or its answer plays
-    ANNOUNCING = "announcing"
+CANCEL_TIMEOUT_S = 3.0
+BUSY = (State.RESPONDING, State.ANNOUNCING)
+"""The states in which Home Assistant's audio plays or is on its way, and the wake word barges in."""
 
 
 def check_satellite_config(config: SatelliteConfig) -> None:
@@ -97,39 +85,6 @@ def check_satellite(config: Config) -> list[str]:
     return []
 
 
-def device_mac(name: str) -> str:
-    """A stable MAC-like id for this host and device name, locally administered so it clashes with no card."""
-    digest = bytearray(hashlib.sha256(f"{socket.gethostname()}/{name}".encode()).digest()[:6])
-    digest[0] = (digest[0] & 0xFC) | 0x02
-    return ":".join(f"{byte:02X}" for byte in digest)
-
-
-def wake_phrase(model: str) -> str:
-    """What a wake word model listens for, as words: hey_jarvis_v0.1 -> hey jarvis."""
-    stem = re.sub(r"_v\d[\w.]*$", "", model.rsplit("/", 1)[-1].removesuffix(".onnx"))
-    return stem.replace("_", " ").strip()
-
-
-class Peer:
-    """One connection: Home Assistant (or another client) as the ESPHome API sees it."""
-
-    def __init__(self, writer: asyncio.StreamWriter, frames, address: str) -> None:
-        self.writer = writer
-        self.frames = frames
-        self.address = address
-        self.api_audio = False
-
-    def send(self, *messages: protobuf.Message) -> None:
-        """Queue messages; a client that does not read is dropped rather than buffered without end."""
-        if self.writer.is_closing():
-            return
-        for msg in messages:
-            self.writer.write(self.frames.encode(MESSAGE_TYPE_OF[type(msg)], msg.SerializeToString()))
-        if self.writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER_BYTES:
-            log.warning("satellite: %s reads too slowly; dropping it", self.address)
-            self.writer.transport.abort()
-
-
 class RelaySource:
     """The microphone as the satellite hands it on to the local pipeline; None ends it."""
 
@@ -140,10 +95,27 @@ class RelaySource:
         """Hand on a chunk, waiting while the pipeline is behind (the source then drops and counts frames)."""
         await self._frames.put(chunk)
 
-    async def frames(self):
+    def abandon(self) -> None:
+        """The pipeline is gone: drop what waits for it, so a put waiting for room returns."""
+        while not self._frames.empty():
+            self._frames.get_nowait()
+
+    async def frames(self) -> AsyncIterator[AudioChunk]:
         """The chunks handed on, until the end."""
         while (chunk := await self._frames.get()) is not None:
             yield chunk
+
+
+@dataclass
+class Playback:
+    """Audio from Home Assistant being fetched and played: the answer to a run, or an announcement."""
+
+    id: int
+    task: asyncio.Task[None]
+    peer: Peer
+    announcement: bool
+    start_conversation: bool = False
+    started_at: float | None = None
 
 
 class Satellite:
@@ -162,6 +134,7 @@ class Satellite:
         self.listener = engines.listener
         self.timeline = timeline
         self.config = engines.config.satellite
+        self.barge_in = engines.config.conversation.barge_in
         self.source = source
         self.sink = sink
         self.tracer = tracer
@@ -170,35 +143,51 @@ class Satellite:
         self.state = State.IDLE
         self.mac = device_mac(self.config.name)
         self._psk = decode_encryption_key(self.config.encryption_key) if self.config.encryption_key else None
-        self._peers: set[Peer] = set()
-        self._connections = 0  # counted from accept, so handshakes in progress count too
+        self._wake_words = WakeWords(self.listener.wake_models)
+        self._inbox: Inbox[Event] = Inbox()
+        self._supervisor: asyncio.Task | None = None
+        # Everything below is the supervisor's alone.
         self._voice: Peer | None = None  # the client subscribed to the voice assistant
-        self._subscribed = asyncio.Event()
-        self._wake_models = self.listener.wake_models
-        self._active_wake_words = set(self._wake_models)
+        self._api_audio = False
+        self._subscribed = asyncio.Event()  # the source waits for it when nothing else would answer
         self._streamed_s = 0.0
         self._continue = False
         self._run_ended = False
-        self._playing: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._stopped_run_open = False  # a run stopped by barge-in whose end Home Assistant has yet to send
+        self._playback: Playback | None = None
+        self._playback_ids = itertools.count(1)
         self._relay: RelaySource | None = None
-        self._answering_locally = False
         self._local: Pipeline | None = None
+        self._local_task: asyncio.Task[None] | None = None
+        self._local_state = PipelineState.IDLE
+        self._answering_locally = False
         if self.config.fallback_local:
             # While Home Assistant is away, the microphone goes to voicebot's own pipeline instead.
             self._relay = RelaySource()
-            self._local = Pipeline(engines, self._relay, sink, tracer, timeline=timeline)
+            self._local = Pipeline(
+                engines,
+                self._relay,
+                sink,
+                tracer,
+                timeline=timeline,
+                on_state=lambda state: self._post(LocalStateChanged(state)),
+            )
 
-    # The server.
+    def _post(self, event: Event) -> None:
+        self._inbox.post(event)
+
+    # The supervisor.
 
     async def run(self) -> None:
-        """Serve the API; once Home Assistant has subscribed, hear the microphone until it ends."""
-        try:
-            server = await asyncio.start_server(self._serve, self.config.host, self.config.port)
-        except OSError as error:
-            raise VoicebotError(
-                f"satellite: cannot listen on {self.config.host}:{self.config.port}: {error.strerror or error}"
-            ) from None
+        """Serve the API and hear the microphone (once Home Assistant has subscribed, unless it can answer here)
+        until cancelled; when the input ends it goes on serving announcements."""
+        self._supervisor = asyncio.current_task()
+        self._inbox = Inbox()
+        self._voice, self._playback, self._local_state = None, None, PipelineState.IDLE
+        self._subscribed.clear()
+        self._set_state(State.IDLE)
+        server = ApiServer(self.config, self.mac, self._psk, self._wake_words, self._post)
+        await server.start()
         log.info(
             "satellite: serving the ESPHome API on %s:%d as %r (%s)",
             self.config.host,
@@ -207,182 +196,135 @@ class Satellite:
             "encrypted" if self._psk else "plaintext",
         )
         self.tracer.emit("satellite_listening", port=self.config.port, encrypted=self._psk is not None)
-        local = None
+        reader = asyncio.create_task(self._read_source(), name="satellite-source")
+        if self._local is not None and self._relay is not None:
+            self._local_task = asyncio.create_task(self._local.run(), name="local-pipeline")
+            self._local_task.add_done_callback(self._on_local_done)
         try:
-            if self._local is not None:
-                local = asyncio.create_task(self._local.run(), name="local-pipeline")
-            else:
-                # Nobody to send a question to before Home Assistant subscribes: an input file waits for it.
-                await self._subscribed.wait()
-            listening = False
+            while True:
+                await self._handle(await self._inbox.get())
+        finally:
+            await _cancelled(reader)
+            if self._local_task is not None:
+                await _cancelled(self._local_task)
+                self._local_task = None
+            await server.close()
+            await self._stop_playback()
+
+    async def _read_source(self) -> None:
+        if self._local is None:
+            # Nobody to send a question to before Home Assistant subscribes: an input file waits for it.
+            await self._subscribed.wait()
+        listening = False
+        try:
             async for chunk in self.source.frames():
                 if not listening:
                     listening = True
                     self.on_listening()
-                if self._answers_locally():
-                    await self._relay.put(chunk)
-                else:
-                    await self._hear(chunk)
-            if local is not None:
-                await self._relay.put(None)
-                await local  # The last local turn is finished; an error in it is raised here.
-            log.info("satellite: the input ended; still serving announcements")
-            if self._playing is not None:
-                await asyncio.gather(self._playing, return_exceptions=True)
-            await asyncio.Event().wait()
-        finally:
-            if local is not None and not local.done():
-                local.cancel()
-                await asyncio.gather(local, return_exceptions=True)
-            server.close()
-            for peer in list(self._peers):
-                peer.writer.transport.abort()
-            await self._stop_playing()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            try:
-                await asyncio.wait_for(server.wait_closed(), 3.0)
-            except TimeoutError:
-                log.debug("satellite: connections still closing")
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        host, port = writer.get_extra_info("peername")[:2]
-        address = f"{host}:{port}"
-        if self._connections >= MAX_CONNECTIONS:
-            log.warning("satellite: refused %s: already %d connections", address, MAX_CONNECTIONS)
-            writer.transport.abort()
-            self._tasks.discard(task)
+                await self._inbox.put_frame(Heard(chunk))
+        except VoicebotError as error:
+            self._post(SourceFailed(error))
             return
-        self._connections += 1
-        peer: Peer | None = None
-        try:
-            frames, first = await open_frames(reader, writer, self._psk, self.config.name, self.mac)
-            peer = Peer(writer, frames, address)
-            self._peers.add(peer)
-            while True:
-                type_id, payload = await frames.read(reader, first)
-                first = None
-                msg = decode_message(type_id, payload)
-                if msg is None:
-                    log.debug("satellite: %s sent message type %d, unknown here; ignored", address, type_id)
-                    continue
-                if not self._handle(peer, msg):
-                    break
-        except PeerError as error:
-            log.warning("satellite: dropped %s: it sent %s", address, error)
-        except TimeoutError:
-            log.warning("satellite: dropped %s: no handshake within the time allowed", address)
-        except (PeerLeft, ConnectionError):
-            log.debug("satellite: %s closed the connection", address)
-        finally:
-            self._connections -= 1
-            if peer is not None:
-                self._peers.discard(peer)
-                if peer is self._voice:
-                    self._lost_voice_client()
-            writer.transport.abort()
-            self._tasks.discard(task)
+        except Exception as error:  # noqa: BLE001 - whatever ends the input must reach the supervisor
+            log.debug("the audio source failed", exc_info=True)
+            self._post(SourceFailed(AudioDeviceError(f"the audio input failed: {type(error).__name__}: {error}")))
+            return
+        await self._inbox.put_frame(InputEnded())
 
-    def _handle(self, peer: Peer, msg: protobuf.Message) -> bool:
-        """Answer one message; False when the peer asked to disconnect."""
-        if isinstance(msg, api_pb2.HelloRequest):
-            peer.send(
-                api_pb2.HelloResponse(
-                    api_version_major=API_VERSION[0],
-                    api_version_minor=API_VERSION[1],
-                    server_info=f"voicebot {__version__}",
-                    name=self.config.name,
-                )
-            )
-            log.info("satellite: %s connected (%s)", peer.address, msg.client_info[:64])
-        elif isinstance(msg, api_pb2.DeviceInfoRequest):
-            peer.send(
-                api_pb2.DeviceInfoResponse(
-                    uses_password=False,
-                    name=self.config.name,
-                    friendly_name=self.config.name,
-                    mac_address=self.mac,
-                    manufacturer="voicebot",
-                    model="voicebot",
-                    project_name="voicebot.voicebot",
-                    project_version=__version__,
-                    esphome_version="2025.9.0",
-                    voice_assistant_feature_flags=int(FEATURES),
-                )
-            )
-        elif isinstance(msg, api_pb2.ListEntitiesRequest):
-            peer.send(api_pb2.ListEntitiesDoneResponse())
-        elif isinstance(msg, api_pb2.PingRequest):
-            peer.send(api_pb2.PingResponse())
-        elif isinstance(msg, api_pb2.DisconnectRequest):
-            peer.send(api_pb2.DisconnectResponse())
-            return False
-        elif isinstance(msg, api_pb2.SubscribeVoiceAssistantRequest):
-            self._subscribe(peer, msg)
-        elif isinstance(msg, api_pb2.VoiceAssistantConfigurationRequest):
-            peer.send(
-                api_pb2.VoiceAssistantConfigurationResponse(
-                    available_wake_words=[
-                        api_pb2.VoiceAssistantWakeWord(id=model, wake_word=wake_phrase(model), trained_languages=["en"])
-                        for model in self._wake_models
-                    ],
-                    active_wake_words=[model for model in self._wake_models if model in self._active_wake_words],
-                    max_active_wake_words=max(1, len(self._wake_models)),
-                )
-            )
-        elif isinstance(msg, api_pb2.VoiceAssistantSetConfiguration):
-            chosen = [model for model in msg.active_wake_words if model in self._wake_models]
-            self._active_wake_words = set(chosen)
-            log.info("satellite: active wake words: %s", ", ".join(chosen) or "none")
-        elif isinstance(msg, api_pb2.VoiceAssistantEventResponse) and peer is self._voice:
-            self._on_event(Ev(msg.event_type), {item.name: item.value for item in msg.data})
-        elif isinstance(msg, api_pb2.VoiceAssistantResponse) and peer is self._voice:
-            if msg.error:
+    def _on_local_done(self, task: asyncio.Task) -> None:
+        if self._relay is not None:
+            self._relay.abandon()
+        self._post(LocalEnded())
+
+    async def _handle(self, event: Event) -> None:
+        if isinstance(event, Heard):
+            await self._on_heard(event.chunk)
+        elif isinstance(event, RunEvent):
+            if event.peer is self._voice:
+                self._on_run_event(event.kind, event.data)
+        elif isinstance(event, PlaybackStarted):
+            playback = self._playback
+            if playback is not None and playback.id == event.playback_id and playback.started_at is None:
+                playback.started_at = event.at
+                self.tracer.emit("playback_start", t=event.at, source="home_assistant")
+        elif isinstance(event, PlaybackEnded):
+            if self._playback is not None and self._playback.id == event.playback_id:
+                self._on_playback_ended(self._playback, event.success)
+        elif isinstance(event, AnnounceRequested):
+            self._on_announce(event)
+        elif isinstance(event, RunRefused):
+            if event.peer is self._voice and self.state is State.STREAMING:
                 log.warning("satellite: Home Assistant could not start its pipeline")
-                self._end_run()
-        elif isinstance(msg, api_pb2.VoiceAssistantAnnounceRequest):
-            self._announce(peer, msg)
-        elif isinstance(msg, api_pb2.VoiceAssistantAudio) and peer is self._voice:
-            log.debug("satellite: audio from Home Assistant ignored: answers are played from their URL")
-        # Subscriptions to states, Home Assistant states and services, and the rest: nothing to report.
-        return True
+                self._set_state(State.IDLE)
+        elif isinstance(event, Subscribed):
+            await self._on_subscribed(event.peer, event.api_audio)
+        elif isinstance(event, Unsubscribed):
+            if event.peer is self._voice:
+                await self._lose_voice()
+        elif isinstance(event, LocalStateChanged):
+            self._local_state = event.state
+        elif isinstance(event, LocalEnded):
+            self._on_local_ended()
+        elif isinstance(event, InputEnded):
+            if self._relay is not None and self._local_task is not None:
+                await self._relay.put(None)  # The local pipeline finishes its last turn, then ends.
+            else:
+                log.info("satellite: the input ended; still serving announcements")
+        elif isinstance(event, SourceFailed):
+            raise event.error
 
-    def _subscribe(self, peer: Peer, msg: api_pb2.SubscribeVoiceAssistantRequest) -> None:
-        if not msg.subscribe:
-            if peer is self._voice:
-                self._lost_voice_client()
+    def _set_state(self, state: State, **fields: Any) -> None:
+        assert asyncio.current_task() is self._supervisor, "only the supervisor sets the satellite's state"
+        if state is self.state:
             return
-        if not msg.flags & VoiceAssistantSubscriptionFlag.API_AUDIO:
+        log.info("satellite state: %s -> %s", self.state.value, state.value)
+        self.state = state
+        self.tracer.emit("state", state=state.value, **fields)
+
+    # Home Assistant, subscribed or gone.
+
+    async def _on_subscribed(self, peer: Peer, api_audio: bool) -> None:
+        if not api_audio:
             log.warning("satellite: %s wants audio over UDP, which is not supported; it gets none", peer.address)
         if self._voice is not None and self._voice is not peer:
             log.info("satellite: %s replaces %s as the voice assistant", peer.address, self._voice.address)
-            self._lost_voice_client()
-        peer.api_audio = bool(msg.flags & VoiceAssistantSubscriptionFlag.API_AUDIO)
-        self._voice = peer
+            await self._lose_voice()
+        self._voice, self._api_audio = peer, api_audio
         self._subscribed.set()
         log.info("satellite: Home Assistant at %s subscribed to the voice assistant", peer.address)
         self.tracer.emit("satellite_subscribed")
 
-    def _lost_voice_client(self) -> None:
-        if self._voice is None:
-            return
+    async def _lose_voice(self) -> None:
         if self.state is not State.IDLE:
             log.warning("satellite: Home Assistant left in the middle of a %s run", self.state.value)
-        self._voice = None
-        self._spawn(self._stop_playing())
+        lost, self._voice = self._voice, None
+        playback = await self._stop_playback()
+        if playback is not None and playback.announcement and playback.peer is not lost:
+            playback.peer.send(api_pb2.VoiceAssistantAnnounceFinished(success=False))
         self._set_state(State.IDLE)
 
     # The microphone.
 
+    async def _on_heard(self, chunk: AudioChunk) -> None:
+        if self._answers_locally():
+            assert self._relay is not None
+            await self._relay.put(chunk)
+            return
+        hearing = await self.listener.hear(chunk, listening=False, timeline=self.timeline)
+        own = hearing.own_voice
+        if own is not None:
+            log.info("satellite: ignored the wake word: the answer said it itself (score %.2f)", own.score)
+            self.tracer.emit("own_wake_word_ignored", t=own.heard_at, score=round(own.score, 3))
+        if self.state is State.STREAMING:
+            self._stream(chunk)
+        elif hearing.detection is not None:
+            await self._on_wake(hearing.detection)
+
     def _answers_locally(self) -> bool:
         """Whether this chunk goes to the local pipeline: Home Assistant is away, or a local turn is not over."""
-        if self._local is None or self.state is not State.IDLE:
+        if self._local_task is None or self.state is not State.IDLE:
             return False
-        if self._voice is None or self._local.state is not PipelineState.IDLE:
+        if self._voice is None or self._local_state is not PipelineState.IDLE:
             if not self._answering_locally:
                 self._answering_locally = True
                 log.info("satellite: Home Assistant is not connected; answering here")
@@ -392,125 +334,176 @@ class Satellite:
             log.info("satellite: Home Assistant is connected; questions go to it")
         return False
 
-    async def _hear(self, chunk: AudioChunk) -> None:
-        detection = (await self.listener.hear(chunk, listening=False, timeline=self.timeline)).detection
-        if self.state is State.STREAMING and self._voice is not None:
-            if self._voice.api_audio:
-                self._voice.send(api_pb2.VoiceAssistantAudio(data=chunk.int16().tobytes()))
-            self._streamed_s += chunk.seconds
-            if self._streamed_s > MAX_STREAM_S:
-                log.warning("satellite: no end of speech from Home Assistant after %.0f s; stopping", MAX_STREAM_S)
-                self._voice.send(api_pb2.VoiceAssistantRequest(start=False))
-                self._end_run()
-            return
-        if detection is None or self.state is not State.IDLE:
-            return
-        if detection.model not in self._active_wake_words:
+    def _stream(self, chunk: AudioChunk) -> None:
+        assert self._voice is not None
+        if self._api_audio:
+            self._voice.send(api_pb2.VoiceAssistantAudio(data=chunk.int16().tobytes()))
+        self._streamed_s += chunk.seconds
+        if self._streamed_s > MAX_STREAM_S:
+            log.warning("satellite: no end of speech from Home Assistant after %.0f s; stopping", MAX_STREAM_S)
+            self._voice.send(api_pb2.VoiceAssistantRequest(start=False))
+            self._set_state(State.IDLE)
+
+    async def _on_wake(self, detection: WakeDetection) -> None:
+        if detection.model not in self._wake_words.active:
             log.info("satellite: heard %s, which Home Assistant made inactive", detection.model)
             return
         if self._voice is None:
             log.info("satellite: heard the wake word, but Home Assistant is not connected")
             return
+        busy = self.state in BUSY
+        if busy and not self.barge_in:
+            log.info("satellite: wake word ignored while %s (conversation.barge_in is off)", self.state.value)
+            return
         self.tracer.emit("wake", t=detection.heard_at, model=detection.model, score=round(detection.score, 3))
+        if busy:
+            await self._barge_in()
         sound = self.earcons.sound(Earcon.WAKE)
         if sound is not None:
-            self.sink.start(lambda heard_at: None)
-            await self.sink.play(sound)
-        self._start_run(wake_phrase(detection.model))
+            self.tracer.emit("earcon", name=Earcon.WAKE.value)
+            try:
+                self.sink.start(lambda heard_at: None)
+                await self.sink.play(sound)
+            except VoicebotError as error:
+                log.error("satellite: cannot play the wake earcon: %s", error)
+        self._start_run(wake_phrase(detection.model), barged_in=busy)
 
-    def _start_run(self, phrase: str | None) -> None:
+    async def _barge_in(self) -> None:
+        """Stop Home Assistant's audio at once (the output first, then its task), and end its run or announcement."""
+        self.tracer.emit("barge_in", state=self.state.value)
+        stopped_at = self.sink.stop()
+        playback = await self._end_playback()
+        if playback is not None and playback.started_at is not None:
+            self.tracer.emit("playback_stop", t=stopped_at, reason="barge_in")
+        if self.state is State.ANNOUNCING:
+            if playback is not None:
+                playback.peer.send(api_pb2.VoiceAssistantAnnounceFinished(success=False))
+        elif self._voice is not None:
+            self._voice.send(api_pb2.VoiceAssistantRequest(start=False))
+            self._stopped_run_open = not self._run_ended
+
+    # Home Assistant's pipeline run.
+
+    def _start_run(self, phrase: str | None, barged_in: bool = False) -> None:
         """Ask Home Assistant for a pipeline run and stream the microphone to it."""
         assert self._voice is not None
         self._continue = False
         self._run_ended = False
         self._streamed_s = 0.0
         self._voice.send(api_pb2.VoiceAssistantRequest(start=True, wake_word_phrase=phrase or ""))
-        log.info(
-            "satellite: %s; streaming the question to Home Assistant",
-            f"heard {phrase!r}" if phrase else "listening again",
-        )
+        heard = f"heard {phrase!r}" + (" (barge-in)" if barged_in else "")
+        log.info("satellite: %s; streaming the question to Home Assistant", heard if phrase else "listening again")
         self._set_state(State.STREAMING, wake_word=phrase or "")
 
-    def _on_event(self, event: Ev, data: dict[str, str]) -> None:
-        log.debug("satellite: event %s %s", event.name, data)
-        if event is Ev.VOICE_ASSISTANT_RUN_START:
+    def _on_run_event(self, kind: Ev, data: Mapping[str, str]) -> None:
+        log.debug("satellite: event %s %s", kind.name, dict(data))
+        if kind is Ev.VOICE_ASSISTANT_RUN_START:
             self._continue = False
-        elif event in (Ev.VOICE_ASSISTANT_STT_VAD_END, Ev.VOICE_ASSISTANT_STT_END):
+            self._stopped_run_open = False
+        elif kind in (Ev.VOICE_ASSISTANT_STT_VAD_END, Ev.VOICE_ASSISTANT_STT_END):
             if self.state is State.STREAMING:
                 self._set_state(State.RESPONDING)
-            if event is Ev.VOICE_ASSISTANT_STT_END and data.get("text"):
+            if kind is Ev.VOICE_ASSISTANT_STT_END and data.get("text"):
                 log.info("satellite: Home Assistant heard %r", data["text"][:200])
-        elif event is Ev.VOICE_ASSISTANT_INTENT_END:
+        elif kind is Ev.VOICE_ASSISTANT_INTENT_END:
             self._continue = data.get("continue_conversation") == "1"
-        elif event is Ev.VOICE_ASSISTANT_TTS_END:
+        elif kind is Ev.VOICE_ASSISTANT_TTS_END:
             url = data.get("url")
-            if url and self._playing is None:
-                self._playing = self._spawn(self._play_answer(url))
-        elif event is Ev.VOICE_ASSISTANT_ERROR:
+            if url and self._playback is None and self.state in (State.STREAMING, State.RESPONDING):
+                self._set_state(State.RESPONDING)
+                self._playback = self._start_playback(self._voice, (url,), announcement=False)
+        elif kind is Ev.VOICE_ASSISTANT_ERROR:
             log.warning("satellite: Home Assistant's pipeline failed: %s %s", data.get("code"), data.get("message"))
-        elif event is Ev.VOICE_ASSISTANT_RUN_END:
+        elif kind is Ev.VOICE_ASSISTANT_RUN_END:
+            if self._stopped_run_open:
+                # Home Assistant ends a run it was told to stop, and this end came before the new run began.
+                self._stopped_run_open = False
+                return
             self._run_ended = True
-            if self._playing is None:
+            if self._playback is None and self.state in (State.STREAMING, State.RESPONDING):
                 self._after_answer()
-
-    async def _play_answer(self, url: str) -> None:
-        if self.state is State.STREAMING:
-            self._set_state(State.RESPONDING)
-        try:
-            await self._play_url(url)
-        finally:
-            self._playing = None
-        if self._run_ended:
-            self._after_answer()
 
     def _after_answer(self) -> None:
         """The answer has played: tell Home Assistant, then listen again if the conversation goes on."""
-        if self._voice is None:
-            return
+        assert self._voice is not None
         self._voice.send(api_pb2.VoiceAssistantAnnounceFinished(success=True))
         if self._continue:
             self._start_run(None)
         else:
-            self._end_run()
-
-    def _end_run(self) -> None:
-        self._set_state(State.IDLE)
+            self._set_state(State.IDLE)
 
     # Announcements.
 
-    def _announce(self, peer: Peer, msg: api_pb2.VoiceAssistantAnnounceRequest) -> None:
-        if self.state is not State.IDLE or self._playing is not None:
+    def _on_announce(self, event: AnnounceRequested) -> None:
+        if self.state is not State.IDLE or self._playback is not None:
             log.info("satellite: announcement refused while %s", self.state.value)
-            peer.send(api_pb2.VoiceAssistantAnnounceFinished(success=False))
+            event.peer.send(api_pb2.VoiceAssistantAnnounceFinished(success=False))
             return
-        urls = [url for url in (msg.preannounce_media_id, msg.media_id) if url]
         self._set_state(State.ANNOUNCING)
-        self._playing = self._spawn(self._play_announcement(peer, urls, msg.start_conversation))
+        self._playback = self._start_playback(
+            event.peer, event.urls, announcement=True, start_conversation=event.start_conversation
+        )
 
-    async def _play_announcement(self, peer: Peer, urls: list[str], start_conversation: bool) -> None:
-        success = True
-        try:
-            for url in urls:
-                success = await self._play_url(url) and success
-        finally:
-            self._playing = None
-        peer.send(api_pb2.VoiceAssistantAnnounceFinished(success=success))
-        if start_conversation and peer is self._voice:
+    # Playback.
+
+    def _on_playback_ended(self, playback: Playback, success: bool) -> None:
+        self._playback = None
+        if not playback.announcement:
+            if self._run_ended and self._voice is not None:
+                self._after_answer()
+            return
+        playback.peer.send(api_pb2.VoiceAssistantAnnounceFinished(success=success))
+        if playback.start_conversation and playback.peer is self._voice:
             self._start_run(None)
         else:
             self._set_state(State.IDLE)
 
-    # Playback.
+    def _start_playback(
+        self, peer: Peer | None, urls: tuple[str, ...], announcement: bool, start_conversation: bool = False
+    ) -> Playback:
+        assert peer is not None
+        playback_id = next(self._playback_ids)
+        task = asyncio.create_task(self._play(playback_id, urls), name=f"satellite-playback-{playback_id}")
+        return Playback(playback_id, task, peer, announcement, start_conversation)
 
-    async def _play_url(self, url: str) -> bool:
-        """Download audio (WAV, FLAC, MP3, OGG) and play it to its end; False, with one log line, if it cannot."""
+    async def _stop_playback(self) -> Playback | None:
+        """Silence the output if something plays, then end the playback task."""
+        if self._playback is not None and not self._playback.task.done():
+            self.sink.stop()
+        return await self._end_playback()
+
+    async def _end_playback(self) -> Playback | None:
+        """Cancel the playback task and wait until it has ended; the caller has silenced the output first."""
+        playback, self._playback = self._playback, None
+        if playback is None or playback.task.done():
+            return playback
+        playback.task.cancel()
         try:
-            audio = await self._download(url)
+            await asyncio.wait_for(asyncio.gather(playback.task, return_exceptions=True), CANCEL_TIMEOUT_S)
+        except TimeoutError:
+            log.error("satellite: playback did not stop within %.0f s of being cancelled", CANCEL_TIMEOUT_S)
+        return playback
+
+    async def _play(self, playback_id: int, urls: tuple[str, ...]) -> None:
+        """Play each URL in turn; it only reports to the supervisor, it never sets the state."""
+        success = True
+        try:
+            for url in urls:
+                success = await self._play_url(playback_id, url) and success
+        except Exception as error:  # noqa: BLE001 - a broken playback must still be reported as ended
+            log.error("satellite: playback failed: %s: %s", type(error).__name__, error)
+            success = False
+        self._post(PlaybackEnded(playback_id, success))
+
+    async def _play_url(self, playback_id: int, url: str) -> bool:
+        """Fetch audio and play it to its end; False, with one log line, if it cannot."""
+        try:
+            audio = await fetch_audio(url)
         except (httpx.HTTPError, PeerError) as error:
             log.warning("satellite: cannot fetch %s: %s", url[:200], error)
             return False
         try:
-            self.sink.start(lambda heard_at: None)
+            self.sink.start(lambda heard_at: self._post(PlaybackStarted(playback_id, heard_at)))
             await self.sink.play(audio)
             await self.sink.drain()
         except VoicebotError as error:
@@ -520,46 +513,17 @@ class Satellite:
         log.info("satellite: played %.1f s from %s", audio.seconds, url[:200])
         return True
 
-    async def _download(self, url: str) -> AudioChunk:
-        if not url.startswith(("http://", "https://")):
-            raise PeerError(f"a media URL that is not http(s): {url[:100]!r}")
-        body = bytearray()
-        client = httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT_S, follow_redirects=True)
-        async with client, client.stream("GET", url) as response:
-            response.raise_for_status()
-            async for piece in response.aiter_bytes():
-                body += piece
-                if len(body) > MAX_AUDIO_BYTES:
-                    raise PeerError(f"audio larger than {MAX_AUDIO_BYTES // (1024 * 1024)} MiB")
-        return await asyncio.to_thread(_decode, bytes(body))
+    # The local pipeline.
 
-    async def _stop_playing(self) -> None:
-        playing, self._playing = self._playing, None
-        if playing is None or playing.done():
+    def _on_local_ended(self) -> None:
+        task, self._local_task = self._local_task, None
+        if task is None or task.cancelled():
             return
-        self.sink.stop()
-        playing.cancel()
-        await asyncio.gather(playing, return_exceptions=True)
-
-    # Bookkeeping.
-
-    def _spawn(self, coroutine) -> asyncio.Task:
-        task = asyncio.create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    def _set_state(self, state: State, **fields) -> None:
-        if state is self.state:
-            return
-        log.info("satellite state: %s -> %s", self.state.value, state.value)
-        self.state = state
-        self.tracer.emit("state", state=state.value, **fields)
+        task.result()  # An error in the last local turn is raised here.
+        log.info("satellite: the input ended; still serving announcements")
 
 
-def _decode(body: bytes) -> AudioChunk:
-    try:
-        samples, rate_hz = soundfile.read(io.BytesIO(body), dtype="float32", always_2d=True)
-    except (soundfile.SoundFileError, RuntimeError, TypeError) as error:
-        raise PeerError(f"audio that does not decode ({error})") from None
-    return AudioChunk(np.ascontiguousarray(samples.mean(axis=1, dtype=np.float32)), int(rate_hz))
+async def _cancelled(task: asyncio.Task) -> None:
+    """Cancel `task` and wait until it has ended."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
