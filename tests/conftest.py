@@ -80,6 +80,14 @@ def speech_span(path: Path, level: float = 0.02) -> tuple[float, float]:
     return loud[0] / audio.rate_hz, (loud[-1] + 1) / audio.rate_hz
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state_dir(tmp_path_factory):
+    """Timers, lists and the volume that tests set are kept in a folder of the test run's (for every voicebot the
+    tests start, too), never in the home of whoever runs them. Tests of that state pass intents.state_dir."""
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+    os.environ.pop("STATE_DIRECTORY", None)
+
+
 @pytest.fixture(scope="session")
 def speech_dir(tmp_path_factory) -> Path:
     """A folder for synthesised test speech."""

@@ -23,6 +23,7 @@ from aioesphomeapi import APIClient
 from aioesphomeapi.core import APIConnectionError, InvalidEncryptionKeyAPIError
 from aioesphomeapi.model import VoiceAssistantEventType as Ev
 from aioesphomeapi.model import VoiceAssistantFeature
+from aioesphomeapi.model import VoiceAssistantTimerEventType as TimerKind
 from http_server import ServerProcess, free_port
 
 from tests.conftest import build_wav, espeak, named, run_voicebot, trace_events
@@ -41,6 +42,8 @@ LONG_ANSWER = (
     "and every evening they climbed the long stairs together to light the great lamp."
 )
 BARGE_IN_GOAL_S = 0.15
+RING_BEFORE_WAKE_S = 3.0
+"""How long the satellite's input is silent, while Home Assistant's finished timer rings, before the wake word."""
 WAKE_INTO_ANSWER_S = 3.0
 """How far into the long answer the second wake word ends, give or take the test's own delays."""
 
@@ -345,6 +348,43 @@ async def _barge_in_off(files, folder) -> None:
     assert not named(events, "barge_in") and not named(events, "playback_stop")
     reply = read_wav(satellite.reply)
     assert abs(reply.seconds - read_wav(files["long_answer"]).seconds) < 0.1
+
+
+def test_a_timer_home_assistant_keeps_for_the_satellite_rings_here_until_the_wake_word(files, tmp_path):
+    asyncio.run(asyncio.wait_for(_timer_rings(files, tmp_path), TEST_TIMEOUT_S))
+
+
+async def _timer_rings(files, folder) -> None:
+    hey = espeak("hey jarvis", folder)
+    wav = build_wav(folder / "ring.wav", [RING_BEFORE_WAKE_S, hey, 4.0])
+    satellite = SatelliteProcess(folder, wav)
+    try:
+        client = satellite.client()
+        await asyncio.wait_for(client.connect(login=True), TIMEOUT_S)
+        info = await asyncio.wait_for(client.device_info(), TIMEOUT_S)
+        assert info.voice_assistant_feature_flags & VoiceAssistantFeature.TIMERS
+        home = FakeHomeAssistant(client)
+        home.subscribe()
+        client.send_voice_assistant_timer_event(TimerKind.VOICE_ASSISTANT_TIMER_FINISHED, "t1", "pasta", 300, 0, False)
+        # The wake word, said while it rings, stops the ring and asks Home Assistant for a run.
+        await asyncio.wait_for(home.started.wait(), TIMEOUT_S)
+        assert home.requests == [("start", "hey jarvis")]
+        await asyncio.wait_for(client.disconnect(), TIMEOUT_S)
+    finally:
+        code = satellite.stop()
+    assert code == 0, satellite.log()
+    events = trace_events(satellite.trace)
+    assert [e["timers"] for e in named(events, "ring_start")] == [["t1"]]
+    rang_at = named(events, "ring_audio_start")[0]["t"]
+    wake = named(events, "wake")[0]
+    stop = named(events, "ring_stop")[0]
+    assert stop["reason"] == "wake_word"
+    assert rang_at < wake["t"] and 0 <= stop["t"] - wake["t"] < BARGE_IN_GOAL_S, (rang_at, wake, stop)
+    # What was heard from the speaker: the ring's beeps, from the ring's start to its stop and no further.
+    reply = read_wav(satellite.reply)
+    assert abs(reply.seconds - (stop["t"] - rang_at)) < 0.1, (reply.seconds, stop["t"] - rang_at)
+    spectrum = np.abs(np.fft.rfft(reply.samples))
+    assert abs(np.argmax(spectrum) * reply.rate_hz / len(reply.samples) - 1047) < 15
 
 
 def test_peers_that_break_the_protocol_are_dropped_and_the_satellite_goes_on(files, tmp_path):

@@ -23,6 +23,7 @@ from voicebot.audio import (
     MicrophoneSource,
     PlaybackTimeline,
     SpeakerSink,
+    VolumeSink,
     WavSink,
     WavSource,
 )
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STAGES = frozenset({"listen", "asr", "llm", "tts"})
+STAGES = frozenset({"listen", "asr", "intents", "llm", "tts"})
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,16 @@ def open_sink(
     open_now: bool = True,
 ) -> AudioSink:
     """Replies go to the WAV file `output`, else to the configured speaker (opened later unless `open_now`)."""
+    sink: AudioSink
     if output:
         # Speech from elsewhere (a remote server, Home Assistant) is resampled to the file's rate.
         rate_hz = engines.tts.rate_hz if engines.has("tts") else REMOTE_SPEECH_RATE_HZ
-        return WavSink(Path(output), clock, realtime=realtime, rate_hz=rate_hz, timeline=timeline)
-    audio = config.audio
-    return SpeakerSink(audio.output_device, clock, audio.output_sample_rate_hz, timeline, audio.stall_s, open_now)
+        sink = WavSink(Path(output), clock, realtime=realtime, rate_hz=rate_hz, timeline=timeline)
+    else:
+        audio = config.audio
+        sink = SpeakerSink(audio.output_device, clock, audio.output_sample_rate_hz, timeline, audio.stall_s, open_now)
+    # The volume set by voice applies to everything voicebot plays.
+    return VolumeSink(sink, engines.intents.volume) if engines.has("intents") else sink
 
 
 def load_engines(config: Config, stages: frozenset[str] = STAGES) -> Engines:
@@ -275,7 +280,13 @@ class Assistant:
 
         voice = VoiceLink(state=lambda: pipeline.state.value, speak=pipeline.speak_text)
         server = HttpServer(
-            create_app(engines.llm, self.config, engines.loaded_models(), voice),
+            create_app(
+                engines.llm,
+                self.config,
+                engines.loaded_models(),
+                voice,
+                engines.intents if engines.has("intents") else None,
+            ),
             self.config.http,
             on_started=lambda url: log.info("serving the chat page and the API on %s", url),
         )

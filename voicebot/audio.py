@@ -426,6 +426,54 @@ class AudioSink(Protocol):
         """Release the output."""
 
 
+@dataclass
+class Volume:
+    """The volume set by voice (0 to 1) and whether voicebot is muted; kept by the intent service."""
+
+    level: float = 1.0
+    muted: bool = False
+
+    def gain(self, alarm: bool = False) -> float:
+        """The amplitude factor for replies and earcons (0 when muted), or for an alarm, which mute spares."""
+        return self.level if alarm or not self.muted else 0.0
+
+
+class VolumeSink:
+    """A sink heard at the volume set by voice: every chunk is scaled before the device (and the echo
+    canceller's reference) gets it. `for_alarms()` is the same sink for timers, which ring even when muted."""
+
+    def __init__(self, inner: AudioSink, volume: Volume, alarm: bool = False) -> None:
+        self.inner = inner
+        self.volume = volume
+        self.alarm = alarm
+
+    def for_alarms(self) -> VolumeSink:
+        """The same output, at the set volume but not silenced by mute."""
+        return VolumeSink(self.inner, self.volume, alarm=True)
+
+    def start(self, on_first_sample: Callable[[float], None]) -> None:
+        self.inner.start(on_first_sample)
+
+    async def play(self, chunk: AudioChunk) -> None:
+        gain = self.volume.gain(self.alarm)
+        if gain != 1.0:
+            chunk = AudioChunk((chunk.samples * gain).astype(np.float32), chunk.rate_hz, chunk.captured_at)
+        await self.inner.play(chunk)
+
+    async def drain(self) -> None:
+        await self.inner.drain()
+
+    def stop(self) -> float:
+        return self.inner.stop()
+
+    @property
+    def heard_s(self) -> float:
+        return self.inner.heard_s
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 class WavSink:
     """A WAV file heard like a speaker: audio is 'played' at real-time pace, or at once with realtime=False.
 

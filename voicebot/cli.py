@@ -25,6 +25,7 @@ from voicebot.audio import (
 from voicebot.config import Config, config_as_yaml, load_config
 from voicebot.engines import Engines
 from voicebot.errors import VoicebotError
+from voicebot.intents.service import Ring
 from voicebot.models.fetch import add_models_parser, models_command
 from voicebot.reply import Responder
 from voicebot.runtime.systemd import SystemdNotifier
@@ -268,12 +269,12 @@ async def _ask(args: argparse.Namespace, config: Config) -> int:
     question = _text_argument(args.text, "ask", "a question")
     clock = Clock()
     tracer = Tracer(clock, args.trace)
-    engines = load_engines(config, frozenset({"llm", "tts"}))
+    engines = load_engines(config, frozenset({"llm", "tts", "intents"}))
     try:
         sink = open_sink(args.output, config, clock, engines, realtime=args.output is None)
         try:
             responder = Responder(engines, sink, tracer)
-            reply = await _until_signal(responder.respond(question, language=language_of(question)))
+            reply = await _until_signal(_answer(engines, responder, question, tracer))
             await responder.close()
         finally:
             sink.close()
@@ -288,7 +289,7 @@ async def _ask(args: argparse.Namespace, config: Config) -> int:
 async def _say(args: argparse.Namespace, config: Config) -> int:
     text = _text_argument(args.text, "say", "some text")
     clock = Clock()
-    engines = load_engines(config, frozenset({"tts"}))
+    engines = load_engines(config, frozenset({"tts", "intents"}))  # intents: the volume set by voice
     try:
         sink = open_sink(args.output, config, clock, engines, realtime=args.output is None)
         try:
@@ -314,7 +315,7 @@ async def _chat(args: argparse.Namespace, config: Config) -> int:
         raise VoicebotError("--output needs --speak: only spoken answers can be written to a WAV file")
     clock = Clock()
     tracer = Tracer(clock, args.trace)
-    engines = load_engines(config, frozenset({"llm", "tts"} if args.speak else {"llm"}))
+    engines = load_engines(config, frozenset({"llm", "tts", "intents"} if args.speak else {"llm", "intents"}))
     try:
         sink = open_sink(args.output, config, clock, engines, realtime=args.output is None) if args.speak else None
         try:
@@ -337,6 +338,14 @@ async def _chat_loop(engines: Engines, sink: AudioSink | None, tracer: Tracer) -
         print(piece, end=" ", flush=True)
 
     responder = Responder(engines, sink, tracer, on_piece=show)
+
+    def ring(rang: Ring) -> None:
+        tracer.emit("ring_start", timers=[rang.timer.name or rang.timer.alarm_at or round(rang.timer.duration_s)])
+        print(f"\n[{rang.text}]", flush=True)
+
+    timers = asyncio.create_task(engines.intents.run(ring), name="timers")
+    for text in engines.intents.take_missed():
+        print(f"[{text}]", flush=True)
     try:
         while True:
             if interactive:
@@ -350,34 +359,57 @@ async def _chat_loop(engines: Engines, sink: AudioSink | None, tracer: Tracer) -
             tracer.emit("question", text=question)
             reason = "answered"
             try:
-                await responder.respond(question, language=language_of(question))
+                await _answer(engines, responder, question, tracer)
             except VoicebotError as error:
                 reason = "error"
                 print(f"voicebot: {error}", file=sys.stderr)
             tracer.emit("turn_end", reason=reason)
             print(flush=True)
     finally:
+        timers.cancel()
+        await asyncio.gather(timers, return_exceptions=True)
         await responder.close()
+
+
+async def _answer(engines: Engines, responder: Responder, question: str, tracer: Tracer) -> str:
+    """A typed question answered by the intent stage if it is a command it knows, else by the LLM; said aloud
+    (or shown) either way."""
+    language = language_of(question)
+    handled = engines.intents.handle(question, language)
+    if handled is None:
+        return await responder.respond(question, language=language)
+    match = handled.match
+    tracer.emit("intent", intent=match.intent, slots=match.slots, language=match.language, match_ms=match.match_ms)
+    if handled.text:
+        if responder.sink is None:
+            responder.on_piece(handled.text)
+        else:
+            await responder.say(handled.text, match.language)
+    return handled.text
 
 
 async def _serve(args: argparse.Namespace, config: Config) -> int:
     from voicebot.http.app import HttpServer, check_http_config, create_app
 
     check_http_config(config.http)
-    engines = load_engines(config, frozenset({"llm"}))
+    engines = load_engines(config, frozenset({"llm", "intents"}))
     notifier = SystemdNotifier.from_environment()
 
     def on_started(url: str) -> None:
         print(f"voicebot: serving the chat page and the API on {url}", flush=True)
         notifier.ready(f"serving on {url}")
 
-    server = HttpServer(create_app(engines.llm, config, engines.loaded_models()), config.http, on_started)
+    app = create_app(engines.llm, config, engines.loaded_models(), intents=engines.intents)
+    server = HttpServer(app, config.http, on_started)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.stop)
+    timers = asyncio.create_task(engines.intents.run(_ring_without_speaker), name="timers")
     try:
         await server.serve()
     finally:
+        timers.cancel()
+        await asyncio.gather(timers, return_exceptions=True)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         notifier.stopping()
@@ -414,6 +446,10 @@ async def _wyoming(args: argparse.Namespace, config: Config) -> int:
             await engines.llm.close()
             engines.close(wait=False)
     return 0
+
+
+def _ring_without_speaker(rang: Ring) -> None:
+    log.info("%s (voicebot serve has no speaker to ring it)", rang.text)
 
 
 def _local_backends(config: Config) -> Config:

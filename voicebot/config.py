@@ -125,18 +125,23 @@ class AsrConfig:
 
 DEFAULT_TYPED_SYSTEM_PROMPT = (
     "You are a helpful assistant running on a small computer in someone's home, with no internet access. "
+    "Timers, alarms, the time, the volume and the shopping list are handled before you. You cannot control "
+    "devices, look anything up or act in the world: never say you did. "
     "Answer in the language of the question. Use Markdown where it helps: lists, tables, code blocks."
 )
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful voice assistant on a small computer in someone's home. "
     "Your words are spoken aloud, so answer in one to three short sentences of plain text: "
     "no markdown, no lists, no code, no emoji, no URLs. "
-    "If asked to do something you cannot do, such as switching a light, say so in one sentence. "
+    "Timers, alarms, the time, the volume and the shopping list are handled before you. "
+    "You cannot switch lights or other devices, check the weather or news, or do anything else in the world: "
+    "if asked, say so in one sentence, and never say you did it. "
     "Answer in the language of the question."
 )
 DEFAULT_SYSTEM_PROMPT_ZH = (
     "你是家里一台小电脑上的语音助手。你的回答会被朗读出来，所以请用一到三句简短的中文口语回答，"
-    "不要使用 Markdown、列表、代码、表情符号或网址。如果被要求做你做不到的事情，比如开关灯，就用一句话说明。"
+    "不要使用 Markdown、列表、代码、表情符号或网址。计时器、闹钟、时间、音量和购物清单由别的程序处理。"
+    "你不能开关灯或其他设备，也不能查天气、新闻或做任何实际的事；如果被要求，就用一句话说明做不到，绝不要说你已经做了。"
 )
 
 
@@ -332,6 +337,35 @@ class SatelliteConfig:
 
 
 @dataclass(frozen=True)
+class IntentsConfig:
+    """Commands understood here before the LLM: timers, alarms, the time, volume, lists, "stop"."""
+
+    enabled: bool = True
+    """Match every question against Home Assistant's sentences and voicebot's own first; a match is
+    answered here, without the LLM."""
+    custom_sentences: Optional[str] = None
+    """A folder of your own sentences in hassil's format, one file per language (en.yaml,
+    zh-CN.yaml), as Home Assistant's custom_sentences: tried before all others."""
+    lists: Optional[tuple[str, ...]] = None
+    """Lists to keep besides the shopping list and the to-do list, by name; null: none."""
+    state_dir: Optional[str] = None
+    """Where timers, alarms, lists and the volume are kept; null: $STATE_DIRECTORY (/var/lib/voicebot
+    under the system unit), else $XDG_STATE_HOME/voicebot (~/.local/state/voicebot)."""
+
+
+@dataclass(frozen=True)
+class TimersConfig:
+    """Timers and alarms."""
+
+    max_h: float = setting(24.0, min=0.01, max=168.0)
+    """Longest timer, in hours."""
+    ring_s: float = setting(120.0, min=1.0, max=3600.0)
+    """A finished timer or alarm rings until stopped ("stop", or the wake word), or this long at most."""
+    volume: float = setting(0.5, min=0.0, max=1.0)
+    """Loudness of the ring, 0 to 1; the volume set by voice scales it too, but mute does not silence it."""
+
+
+@dataclass(frozen=True)
 class Config:
     """All of voicebot's settings."""
 
@@ -349,6 +383,8 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     wyoming: WyomingConfig = field(default_factory=WyomingConfig)
     satellite: SatelliteConfig = field(default_factory=SatelliteConfig)
+    intents: IntentsConfig = field(default_factory=IntentsConfig)
+    timers: TimersConfig = field(default_factory=TimersConfig)
     source: str = field(default="built-in defaults", compare=False, metadata={"internal": True})
     """Where the settings came from, for messages."""
 

@@ -61,3 +61,19 @@ class Earcons:
     def sound(self, earcon: Earcon) -> AudioChunk | None:
         """The audio for `earcon`, or None if it is turned off."""
         return self._sounds.get(earcon)
+
+
+RING_BEEP = ((1047.0, 0.12), (0.0, 0.08))
+"""One beep of the ring: C6 for 0.12 s, then a short gap; four make one burst."""
+RING_BEEPS = 4
+RING_PAUSE_S = 0.5
+
+
+def ring_burst(volume: float) -> AudioChunk:
+    """One burst of a timer's ring (four quick beeps, then a pause), about 1.3 s, at `volume` (0 to 1).
+
+    A high, quick pattern, like a kitchen timer's, unlike the softer earcons, so it is heard across a room.
+    """
+    beep = np.concatenate([tone(f, s) if f else np.zeros(int(s * EARCON_RATE_HZ), np.float32) for f, s in RING_BEEP])
+    burst = np.concatenate([*[beep] * RING_BEEPS, np.zeros(int(RING_PAUSE_S * EARCON_RATE_HZ), np.float32)])
+    return AudioChunk((burst * volume).astype(np.float32), EARCON_RATE_HZ)

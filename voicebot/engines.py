@@ -15,6 +15,7 @@ from typing import Any
 from voicebot.asr import AsrService, Transcriber
 from voicebot.config import Config
 from voicebot.errors import VoicebotError
+from voicebot.intents.service import IntentService
 from voicebot.listen import Listener
 from voicebot.llm import ChatModel
 from voicebot.llm_service import LlmService
@@ -24,10 +25,11 @@ from voicebot.tts import Synthesizer, TtsService
 from voicebot.vad import Endpointer, SileroVad
 from voicebot.wake import SelfWakeGuard, WakeWordDetector
 
-ALL_STAGES = frozenset({"listen", "asr", "llm", "tts"})
+ALL_STAGES = frozenset({"listen", "asr", "intents", "llm", "tts"})
 STAGE_NAMES = {
     "listen": "wake word detection",
     "asr": "speech recognition",
+    "intents": "the intent stage (timers, lists, volume)",
     "llm": "the LLM",
     "tts": "speech synthesis",
 }
@@ -90,6 +92,10 @@ class Engines:
                 engines._stages["asr"] = engines._load_asr("asr" in local, remotes.get("asr"))
             if "listen" in stages:
                 engines._stages["listen"] = engines._load_listener()
+            if "intents" in stages:
+                intents = IntentService(config.intents, config.timers)
+                engines._stages["intents"] = intents
+                intents.warm_up()
         except BaseException:
             engines.close()
             raise
@@ -176,6 +182,11 @@ class Engines:
         """Speech synthesis."""
         return self._stage("tts")
 
+    @property
+    def intents(self) -> IntentService:
+        """Commands answered here before the LLM, and the timers, lists and volume they keep."""
+        return self._stage("intents")
+
     def with_listener(self, listener: Listener, config: Config) -> Engines:
         """The same engines with another listener and the config it was made for (the benchmark's)."""
         return dataclasses.replace(self, config=config, _stages={**self._stages, "listen": listener})
@@ -214,3 +225,5 @@ class Engines:
         for worker in self.workers:
             worker.close(wait)
         self.workers.clear()
+        if "intents" in self._stages:
+            self._stages["intents"].close()

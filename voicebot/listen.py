@@ -78,13 +78,22 @@ class Listener:
         self.wake.reset()
         self._reference_end = None
 
-    async def hear(self, chunk: AudioChunk, listening: bool, timeline: PlaybackTimeline | None = None) -> Hearing:
+    async def hear(
+        self,
+        chunk: AudioChunk,
+        listening: bool,
+        timeline: PlaybackTimeline | None = None,
+        over_playback: bool = False,
+    ) -> Hearing:
         """Hear one frame: the wake word always, the end of the question while `listening`. With the `timeline` of
-        what the speaker played, the reply's echo is taken out first."""
-        return await self.worker.run(self._hear, chunk, listening, timeline)
+        what the speaker played, the echo of it is taken out first, for the wake word; and for the question too
+        when it is asked `over_playback` (a "stop" said while a timer rings)."""
+        return await self.worker.run(self._hear, chunk, listening, timeline, over_playback)
 
-    def _hear(self, chunk: AudioChunk, listening: bool, timeline: PlaybackTimeline | None) -> Hearing:
-        # The question is heard as the microphone has it: no reply plays while the assistant listens, and
+    def _hear(
+        self, chunk: AudioChunk, listening: bool, timeline: PlaybackTimeline | None, over_playback: bool = False
+    ) -> Hearing:
+        # A question is otherwise heard as the microphone has it: no reply plays while the assistant listens, and
         # the canceller's suppressor, which lives in speex's denoiser, would only blur the words for ASR.
         heard = chunk
         if timeline is not None and (self.echo_canceller is not None or self.self_wake_guard is not None):
@@ -94,6 +103,8 @@ class Listener:
             if self.echo_canceller is not None:
                 cleaned = self.echo_canceller.process(chunk.samples, reference)
                 chunk = AudioChunk(cleaned, chunk.rate_hz, chunk.captured_at)
+        if over_playback:
+            heard = chunk
         detection = self.wake.process(chunk)
         own_voice = None
         if detection is not None and self.self_wake_guard is not None and self.self_wake_guard.said_it(detection):
@@ -109,9 +120,10 @@ class Listener:
         self._reference_end = following
         return following
 
-    async def begin(self, at: float, timeout_s: float | None = None) -> None:
-        """Await a question from clock time `at`; with `timeout_s`, give up on one that does not start."""
-        await self.worker.run(self.endpointer.begin, at, timeout_s)
+    async def begin(self, at: float, timeout_s: float | None = None, pause_s: float | None = None) -> None:
+        """Await a question from clock time `at`; with `timeout_s`, give up on one that does not start; with
+        `pause_s`, report a pause after that much silence instead of vad.early_start_s."""
+        await self.worker.run(self.endpointer.begin, at, timeout_s, pause_s)
 
     async def finish_now(self) -> Endpoint | None:
         """The input has ended: end the question where it is, if one was started."""

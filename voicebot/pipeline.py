@@ -12,20 +12,26 @@ import asyncio
 import enum
 import itertools
 import logging
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 
-from voicebot.audio import AudioChunk, AudioSink, AudioSource, PlaybackTimeline
+from voicebot.asr import Transcript
+from voicebot.audio import AudioChunk, AudioSink, AudioSource, PlaybackTimeline, VolumeSink
 from voicebot.earcons import Earcon, Earcons
 from voicebot.engines import Engines
 from voicebot.errors import AudioDeviceError, RemoteEngineError, VoicebotError
+from voicebot.intents.match import IntentMatch
+from voicebot.intents.service import Ring
 from voicebot.listen import Listener
 from voicebot.reply import VOICE_CONVERSATION, Responder
+from voicebot.ring import ring
 from voicebot.runtime.inbox import Inbox
 from voicebot.runtime.trace import HeldTracer, Tracer
+from voicebot.tts import language_of
 from voicebot.vad import Endpoint, EndpointKind
 from voicebot.wake import WakeDetection
 
@@ -38,6 +44,17 @@ APOLOGIES = {
     "en": "Sorry, I can't answer right now.",
     "zh": "抱歉，我现在无法回答。",
 }
+RING_PAUSE_S = 0.12
+"""Silence after speech that hands what was said over the ring to be heard: "stop" is one short word."""
+RING_STOPPING_INTENTS = frozenset({"HassNevermind", "HassCancelTimer", "HassCancelAllTimers", "VoicebotCancelAlarm"})
+"""Said while a timer rings, each of these stops the ring."""
+RING_STOP_WORDS = frozenset({"stop", "cancel", "enough", "quiet", "dismiss", "silence"})
+"""A word that stops a ringing timer wherever it falls in what was heard: over a ring, the microphone also hears
+the remains of the ring's own words ("your timer is done"), which never hold one of these."""
+RING_STOP_PHRASES = ("别响", "停", "关掉", "关了", "关闭", "闭嘴", "安静", "好了", "知道了", "取消", "起来了")
+"""The same for Chinese, which has no spaces between words."""
+RING_STOP_REPLIES = frozenset({"ok", "okay", "thanks", "thank you", "got it", "i'm up", "im up", "i am up"})
+"""What else stops a ring when said on its own (Whisper also makes these out of noise, so not as a part)."""
 STOP_COMMANDS = frozenset(
     {"stop", "stop it", "cancel", "cancel that", "never mind", "nevermind", "be quiet", "quiet", "shut up", "enough"}
     | {"停", "停止", "停下", "取消", "别说了", "算了", "安静"}
@@ -51,6 +68,7 @@ class State(enum.Enum):
     LISTENING = "listening"
     THINKING = "thinking"
     SPEAKING = "speaking"
+    RINGING = "ringing"
 
 
 def is_stop_command(text: str) -> bool:
@@ -101,9 +119,45 @@ class SpeakText:
 
     text: AsyncIterator[str]
     language: str
+    source: str = "typed"
 
 
-Event = Heard | InputEnded | SourceFailed | PlaybackStarted | TurnEnded | SpeakText
+@dataclass(frozen=True)
+class TimerRang:
+    """A timer or alarm has ended."""
+
+    ring: Ring
+
+
+@dataclass(frozen=True)
+class RingEnded:
+    """The ring played out its timers.ring_s unanswered."""
+
+    ring_id: int
+
+
+@dataclass(frozen=True)
+class StopHeard:
+    """Stop (or the like) was said while ringing."""
+
+    ring_id: int
+    text: str
+
+
+Event = Heard | InputEnded | SourceFailed | PlaybackStarted | TurnEnded | SpeakText | TimerRang | RingEnded | StopHeard
+
+
+@dataclass
+class Ringing:
+    """Timers ringing now: the task playing the ring, and the one checking whether what was said is "stop"."""
+
+    id: int
+    rings: list[Ring]
+    task: asyncio.Task[None]
+    stop_checks: list[asyncio.Task[None]] = field(default_factory=list)
+    """Transcriptions of what was said over the ring, each deciding whether it was "stop"."""
+    heard_to_pause: bool = False
+    """Whether what was said up to the latest pause is already being heard."""
 
 
 @dataclass
@@ -130,6 +184,8 @@ class Pipeline:
     cancelled and forgotten; if the pause was the end, its answer is already on its way.
     The wake word heard while thinking or speaking stops the turn and listens anew (barge-in).
     After a reply, a follow-up question needs no wake word for conversation.follow_up_s.
+    A question the intent stage knows (a timer, the time, the volume) is answered there, not by the LLM;
+    a timer that ends rings, and "stop" ends the ring without the wake word.
     """
 
     def __init__(
@@ -161,6 +217,11 @@ class Pipeline:
         self._turn_ids = itertools.count(1)
         self._follow_up = False
         self._input_ended = False
+        self._ringing: Ringing | None = None
+        self._waiting_rings: list[Ring] = []
+        self._ring_ids = itertools.count(1)
+        # Timers ring even when muted: the voice-set volume, without the mute.
+        self.alarm_sink: AudioSink = sink.for_alarms() if isinstance(sink, VolumeSink) else sink
 
     @property
     def listener(self) -> Listener:
@@ -180,13 +241,23 @@ class Pipeline:
         self._set_state(State.IDLE)
         self._follow_up = self._input_ended = False
         reader = asyncio.create_task(self._read_source(), name="source")
+        timers = None
+        if self.engines.has("intents"):
+            intents = self.engines.intents
+            timers = asyncio.create_task(intents.run(lambda rang: self._inbox.post(TimerRang(rang))), name="timers")
+            for text in intents.take_missed():
+                self.tracer.emit("timer_missed", text=text)
+                self._inbox.post(SpeakText(_once(text), "zh" if language_of(text) == "zh" else "en", "missed"))
         try:
-            while not (self._input_ended and self._turn is None):
+            while not (self._input_ended and self._turn is None and self._ringing is None):
                 await self._handle(await self._inbox.get())
         finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            tasks = [reader] + ([timers] if timers is not None else [])
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.cancel_turn()
+            await self._stop_ringing("stopped")
             await self.responder.close()
 
     async def _read_source(self) -> None:
@@ -222,6 +293,13 @@ class Pipeline:
             raise event.error
         elif isinstance(event, SpeakText):
             self._on_speak_text(event)
+        elif isinstance(event, TimerRang):
+            await self._on_timer_rang(event.ring)
+        elif isinstance(event, RingEnded) and self._is_ringing(event.ring_id):
+            await self._stop_ringing("timeout")
+        elif isinstance(event, StopHeard) and self._is_ringing(event.ring_id):
+            log.info("heard %r while ringing: stopping the ring", event.text)
+            await self._stop_ringing("stop_word")
 
     def speak_text(self, text: AsyncIterator[str], language: str) -> bool:
         """Say `text` as it arrives, unless the assistant is busy with a turn of its own (then False).
@@ -242,7 +320,7 @@ class Pipeline:
         turn.confirmed.set()
         turn.task = asyncio.create_task(self._speak_text(turn, event), name=f"speak-{turn_id}")
         self._turn = turn
-        self._set_state(State.THINKING, source="typed")
+        self._set_state(State.THINKING, source=event.source)
 
     async def _speak_text(self, turn: Turn, event: SpeakText) -> None:
         reason = "spoken"
@@ -259,6 +337,9 @@ class Pipeline:
         finally:
             turn.tracer.emit("turn_end", reason=reason)
             self._inbox.post(TurnEnded(turn.id, reason))
+
+    def _is_ringing(self, ring_id: int) -> bool:
+        return self._ringing is not None and self._ringing.id == ring_id
 
     def _is_current(self, turn_id: int) -> bool:
         return self._turn is not None and self._turn.id == turn_id
@@ -285,7 +366,9 @@ class Pipeline:
     # Listening.
 
     async def _hear(self, chunk: AudioChunk) -> None:
-        hearing = await self.listener.hear(chunk, self.state is State.LISTENING, self.timeline)
+        ringing = self.state is State.RINGING
+        listening = self.state is State.LISTENING or ringing
+        hearing = await self.listener.hear(chunk, listening, self.timeline, over_playback=ringing)
         detection, endpoints, own_voice = hearing.detection, hearing.endpoints, hearing.own_voice
         if own_voice is not None:
             log.info("ignored the wake word: the assistant said it itself (score %.2f)", own_voice.score)
@@ -293,6 +376,9 @@ class Pipeline:
         if detection is not None:
             await self._on_wake(detection)
         for endpoint in endpoints:
+            if self.state is State.RINGING:
+                await self._on_ring_endpoint(endpoint)
+                continue
             if self.state is not State.LISTENING:
                 break
             await self._on_endpoint(endpoint)
@@ -305,6 +391,8 @@ class Pipeline:
         if self.state is State.LISTENING and not self._follow_up:
             return  # Already listening for the question.
         self.tracer.emit("wake", t=detection.heard_at, model=detection.model, score=round(detection.score, 3))
+        if self.state is State.RINGING:
+            await self._stop_ringing("wake_word")
         if busy:
             await self._barge_in()
         elif self._turn is not None:
@@ -367,6 +455,8 @@ class Pipeline:
 
     async def _on_input_ended(self) -> None:
         self._input_ended = True
+        if self.state is State.RINGING:
+            await self._stop_ringing("input_ended")
         if self.state is not State.LISTENING:
             return
         endpoint = await self.listener.finish_now()
@@ -382,6 +472,9 @@ class Pipeline:
     async def _after_turn(self, reason: str) -> None:
         if reason == "error":
             await self._play_earcon(Earcon.ERROR)
+        if self._waiting_rings:
+            await self._start_ringing()
+            return
         follow_up_s = self.config.conversation.follow_up_s
         if reason == "answered" and follow_up_s > 0 and not self._input_ended:
             self.tracer.emit("follow_up_start", window_s=follow_up_s)
@@ -403,6 +496,102 @@ class Pipeline:
             log.error("cannot play the %s earcon: %s", earcon.value, error)
         return sound.seconds
 
+    # Ringing.
+
+    async def _on_timer_rang(self, rang: Ring) -> None:
+        """Ring now if nothing else is going on (a follow-up window counts as nothing); else once the turn ends."""
+        self._waiting_rings.append(rang)
+        free = self.state is State.IDLE or (self.state is State.LISTENING and self._follow_up)
+        if free and self._turn is None and self._ringing is None:
+            await self._start_ringing()
+        elif self.state is State.LISTENING and self._follow_up:
+            await self.cancel_turn()  # An early answer to a follow-up gives way to the ring.
+            await self._start_ringing()
+
+    async def _start_ringing(self) -> None:
+        rings, self._waiting_rings = self._waiting_rings, []
+        ring_id = next(self._ring_ids)
+        self._follow_up = False
+        self.tracer.emit(
+            "ring_start",
+            timers=[r.timer.name or r.timer.alarm_at or round(r.timer.duration_s) for r in rings],
+            late_s=round(max(r.late_s for r in rings), 3),
+        )
+        task = asyncio.create_task(self._ring(ring_id, rings), name=f"ring-{ring_id}")
+        self._ringing = Ringing(ring_id, rings, task)
+        await self._listen_for_stop()
+        self._set_state(State.RINGING)
+
+    async def _listen_for_stop(self) -> None:
+        """While it rings, "stop" needs no wake word: the endpointer listens with no time-out, and hands over what
+        was said at the first short pause, so a one-word "stop" is acted on without waiting out the hangover."""
+        await self.listener.begin(self.tracer.clock.now(), math.inf, RING_PAUSE_S)
+
+    async def _ring(self, ring_id: int, rings: list[Ring]) -> None:
+        try:
+            words = [(each.text, each.timer.language) for each in rings]
+            await ring(words, self.alarm_sink, self.config.timers, self.tracer, self._say_over_ring)
+        except VoicebotError as error:
+            log.error("cannot ring: %s", error)
+        self._inbox.post(RingEnded(ring_id))
+
+    async def _say_over_ring(self, text: str, language: str) -> None:
+        await self.responder.say(text, language, tracer=self.tracer, sink=self.alarm_sink)
+
+    async def _on_ring_endpoint(self, endpoint: Endpoint) -> None:
+        """While ringing: at each pause, hear whether what was said is "stop"; after each utterance, listen on."""
+        ringing = self._ringing
+        if ringing is None:
+            return
+        kind = endpoint.kind
+        if kind is EndpointKind.RESUME:
+            ringing.heard_to_pause = False  # More was said: what follows the pause is heard at the end.
+        ended = kind in (EndpointKind.SPEECH_END, EndpointKind.MAX_LENGTH)
+        if kind is EndpointKind.PAUSE or (ended and not ringing.heard_to_pause):
+            heard = self.listener.candidate if kind is EndpointKind.PAUSE else self.listener.utterance
+            if heard is not None and len(heard.audio):
+                ringing.heard_to_pause = kind is EndpointKind.PAUSE
+                ringing.stop_checks.append(asyncio.create_task(self._check_for_stop(ringing.id, heard.audio)))
+        if ended:
+            ringing.heard_to_pause = False
+            await self._listen_for_stop()
+
+    async def _check_for_stop(self, ring_id: int, audio: np.ndarray) -> None:
+        try:
+            transcript = await self.engines.asr.transcribe(audio, self.tracer)
+        except VoicebotError as error:
+            log.warning("could not hear what was said over the ring: %s", error)
+            return
+        self.tracer.emit("heard_while_ringing", text=transcript.text, language=transcript.language)
+        if self._stops_ring(transcript):
+            self._inbox.post(StopHeard(ring_id, transcript.text))
+
+    def _stops_ring(self, transcript: Transcript) -> bool:
+        if not transcript.text:
+            return False
+        said = re.sub(r"[^\w\s']+", " ", transcript.text.lower()).strip()
+        if is_stop_command(transcript.text) or " ".join(said.split()) in RING_STOP_REPLIES:
+            return True
+        if RING_STOP_WORDS & set(said.split()) or any(phrase in said for phrase in RING_STOP_PHRASES):
+            return True
+        if not self.engines.has("intents"):
+            return False
+        match = self.engines.intents.match(transcript.text, transcript.language)
+        return match is not None and match.intent in RING_STOPPING_INTENTS
+
+    async def _stop_ringing(self, reason: str) -> None:
+        """Silence the ring at once, then stop its tasks; a timer that ended meanwhile rings next."""
+        ringing, self._ringing = self._ringing, None
+        if ringing is None:
+            return
+        stopped_at = self.alarm_sink.stop()
+        await _cancelled(ringing.task, *ringing.stop_checks)
+        self.tracer.emit("ring_stop", t=stopped_at, reason=reason)
+        if self.state is State.RINGING:
+            self._set_state(State.IDLE)
+        if self._waiting_rings and reason not in ("stopped", "input_ended"):
+            await self._start_ringing()
+
     # Turns.
 
     def _start_turn(self, audio: np.ndarray, confirmed: bool) -> Turn:
@@ -418,6 +607,31 @@ class Pipeline:
     def _on_speaking(self, turn: Turn, heard_at: float) -> None:
         turn.playback_started_at = heard_at
         self._inbox.post(PlaybackStarted(turn.id))
+
+    async def _answer_intent(
+        self,
+        match: IntentMatch,
+        tracer: HeldTracer,
+        confirmed: asyncio.Event,
+        on_speaking: Callable[[float], None],
+    ) -> str:
+        """Carry out an intent once its question has surely ended (an early turn may yet be dropped), and say so;
+        the `intent` event is traced when it was carried out."""
+        await confirmed.wait()
+        handled = self.engines.intents.answer(match)
+        tracer.emit(
+            "intent",
+            intent=match.intent,
+            slots=match.slots,
+            language=match.language,
+            match_ms=match.match_ms,
+            sentences=match.source,
+        )
+        log.info("heard: %s / intent %s: %s", match.text, match.intent, handled.text)
+        if handled.stop or not handled.text:
+            return "stopped"
+        await self.responder.say(handled.text, match.language, tracer=tracer, on_speaking=on_speaking)
+        return "answered"
 
     async def _apologise(self, confirmed: asyncio.Event, tracer: HeldTracer) -> None:
         """Say one short sorry when a remote engine failed with nothing local to take over, if speech still works."""
@@ -452,6 +666,12 @@ class Pipeline:
                 log.info("heard %r: stopping", transcript.text)
                 reason = "stopped"
                 return
+            if self.engines.has("intents"):
+                match = self.engines.intents.match(transcript.text, transcript.language)
+                if match is not None:
+                    hold.release()  # The LLM is not needed: typed work may go on.
+                    reason = await self._answer_intent(match, tracer, confirmed, on_speaking)
+                    return
             reply = await self.responder.respond(
                 transcript.text,
                 language=transcript.language,
@@ -480,3 +700,15 @@ class Pipeline:
                 await confirmed.wait()  # An early turn ends only once its question has.
             tracer.emit("turn_end", reason=reason)
             self._inbox.post(TurnEnded(turn.id, reason))
+
+
+async def _once(text: str) -> AsyncIterator[str]:
+    yield text
+
+
+async def _cancelled(*tasks: asyncio.Task | None) -> None:
+    """Cancel the tasks given (None is no task) and wait until they have ended."""
+    running = [task for task in tasks if task is not None]
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)

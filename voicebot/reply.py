@@ -248,21 +248,34 @@ class Responder:
             task.cancel()
         await self.settled()
 
-    async def say(self, text: str, language: str = "en") -> None:
-        """Speak `text` as it is, piece by piece, within the same length cap as answers."""
+    async def say(
+        self,
+        text: str,
+        language: str = "en",
+        tracer: Tracer | HeldTracer | None = None,
+        may_speak: asyncio.Event | None = None,
+        on_speaking: Callable[[float], None] = lambda heard_at: None,
+        sink: AudioSink | None = None,
+    ) -> None:
+        """Speak `text` as it is, piece by piece, within the same length cap as answers; with `may_speak`, the
+        first sound waits for it; `sink` overrides the responder's (a timer's ring speaks through its own)."""
 
         async def whole() -> AsyncIterator[str]:
             yield text
 
-        await self.say_stream(whole(), language)
+        await self.say_stream(whole(), language, on_speaking, tracer, may_speak, sink)
 
     async def say_stream(
         self,
         text: AsyncIterator[str],
         language: str = "en",
         on_speaking: Callable[[float], None] = lambda heard_at: None,
+        tracer: Tracer | HeldTracer | None = None,
+        may_speak: asyncio.Event | None = None,
+        sink: AudioSink | None = None,
     ) -> None:
         """Speak text as it arrives (an answer being written elsewhere), within the same length cap as answers."""
+        tracer = tracer or self.tracer
         chunker = self._new_chunker(language)
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
         budget = self._speech_budget()
@@ -271,9 +284,9 @@ class Responder:
             if not budget.admits(piece):
                 limit_s, said = budget.limit_s, budget.pieces
                 log.warning("text capped at %.0f s of speech (conversation.max_reply_s), %d pieces", limit_s, said)
-                self.tracer.emit("reply_capped", max_reply_s=budget.limit_s, pieces=budget.pieces)
+                tracer.emit("reply_capped", max_reply_s=budget.limit_s, pieces=budget.pieces)
                 return False
-            self.tracer.emit("sentence", text=piece)
+            tracer.emit("sentence", text=piece)
             pieces.put_nowait(piece)
             return True
 
@@ -288,7 +301,7 @@ class Responder:
 
         feeder = asyncio.create_task(feed())
         try:
-            await self._speak(pieces, self.tracer, SpokenPieces(), language, on_speaking=on_speaking)
+            await self._speak(pieces, tracer, SpokenPieces(), language, may_speak, on_speaking, sink)
             await feeder
         finally:
             if not feeder.done():
@@ -357,8 +370,9 @@ class Responder:
         language: str,
         may_speak: asyncio.Event | None = None,
         on_speaking: Callable[[float], None] = lambda heard_at: None,
+        sink: AudioSink | None = None,
     ) -> None:
-        sink = self.sink
+        sink = sink or self.sink
         assert sink is not None
         playing = False
         held: list[AudioChunk] = []

@@ -107,16 +107,18 @@ class Endpointer:
         self._silence_threshold = max(config.threshold - 0.15, 0.01)
         self.begin(0.0)
 
-    def begin(self, at: float, no_speech_timeout_s: float | None = None) -> None:
+    def begin(self, at: float, no_speech_timeout_s: float | None = None, pause_s: float | None = None) -> None:
         """Start listening for a question with audio heard from clock time `at` on.
 
-        `no_speech_timeout_s` replaces vad.no_speech_timeout_s for this question (a follow-up window).
+        `no_speech_timeout_s` replaces vad.no_speech_timeout_s for this question (a follow-up window; math.inf
+        waits for ever), and `pause_s` replaces vad.early_start_s (a short word to catch quickly, "stop").
         """
         self.vad.reset()
         self._begun_at = at
         self._no_speech_timeout_s = (
             self.config.no_speech_timeout_s if no_speech_timeout_s is None else no_speech_timeout_s
         )
+        self._pause_s = self.config.early_start_s if pause_s is None else pause_s
         self._pending = np.zeros(0, np.float32)
         self._recorded: list[np.ndarray] = []
         self._recorded_samples = 0
@@ -179,7 +181,7 @@ class Endpointer:
         if silence_s >= config.hangover_s:
             self._finish(self._last_speech_sample, self._last_speech_at)
             return Endpoint(EndpointKind.SPEECH_END, self._last_speech_at)
-        if 0 < config.early_start_s <= silence_s and not self._paused:
+        if 0 < self._pause_s <= silence_s and not self._paused:
             self._paused = True
             self.candidate = self._heard(self._last_speech_sample, self._last_speech_at)
             return Endpoint(EndpointKind.PAUSE, self._last_speech_at)

@@ -39,6 +39,7 @@ from voicebot.http.completions import (
     sse,
     usage,
 )
+from voicebot.intents.service import Handled, IntentService
 from voicebot.llm import ChatModel, Sampling
 from voicebot.llm_service import Generation, LlmBusyError, LlmService, LlmStoppedError, Priority
 from voicebot.runtime.net import is_loopback
@@ -81,8 +82,16 @@ class VoiceLink:
 class ChatApi:
     """The endpoints, over the engines' LLM service."""
 
-    def __init__(self, llm: LlmService, config: Config, models: dict[str, Any], voice: VoiceLink | None = None) -> None:
+    def __init__(
+        self,
+        llm: LlmService,
+        config: Config,
+        models: dict[str, Any],
+        voice: VoiceLink | None = None,
+        intents: IntentService | None = None,
+    ) -> None:
         self.llm = llm
+        self.intents = intents
         self.chat: ChatModel = llm.chat
         self.models_loaded = models
         self.config = config
@@ -127,6 +136,9 @@ class ChatApi:
         self._authorise(request)
         body = parse_json(await self._read_body(request))
         chat_request = parse_chat_request(body, self.limits)
+        handled = self._intent(chat_request)
+        if handled is not None:
+            return self._intent_reply(handled, chat_request)
         messages = self._with_system_prompt(chat_request.messages)
         tokens = await asyncio.to_thread(self._prompt_tokens, messages, chat_request.truncate)
         sampling = self._sampling(chat_request, len(tokens))
@@ -145,6 +157,61 @@ class ChatApi:
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         return await self._whole(request, generation, chat_request, completion, spoken)
+
+    async def timers(self, request: Request) -> Response:
+        """The running timers and alarms, with the server's clock, for the page's countdown."""
+        self._authorise(request)
+        intents = self._require_intents()
+        return JSONResponse(
+            {"now": time.time(), "timers": intents.timers_view()}, headers={"Cache-Control": "no-store"}
+        )
+
+    async def lists(self, request: Request) -> Response:
+        """Every list and its items."""
+        self._authorise(request)
+        intents = self._require_intents()
+        return JSONResponse({"lists": intents.lists_view()}, headers={"Cache-Control": "no-store"})
+
+    def _require_intents(self) -> IntentService:
+        # With intents.enabled false the stage may still be loaded (it matches nothing): the endpoints are off too,
+        # so the page hides its panel rather than show timers nothing can set.
+        if self.intents is None or not self.intents.config.enabled:
+            raise ApiError(404, "timers and lists are off here (intents.enabled: false)", code="not_found")
+        return self.intents
+
+    def _intent(self, chat_request: ChatRequest) -> Handled | None:
+        """The last message answered by the intent stage (a timer, the time, a list), if it is one."""
+        last = chat_request.messages[-1] if chat_request.messages else None
+        if self.intents is None or last is None or last["role"] != "user":
+            return None
+        handled = self.intents.handle(last["content"], language_of(last["content"]))
+        if handled is not None:
+            match = handled.match
+            log.info("typed: intent %s (%.1f ms): %s", match.intent, match.match_ms, handled.text)
+        return handled
+
+    def _intent_reply(self, handled: Handled, chat_request: ChatRequest) -> Response:
+        """An intent's answer in the shape of a completion, streamed or whole, and said aloud if asked."""
+        completion = Completion(self.model_id)
+        text = handled.text
+        spoken = self._speak_pieces(chat_request) if text else None
+        if spoken is not None:
+            spoken.put_nowait(text)
+            spoken.put_nowait(None)
+        answered = usage(0, 0, 0) | {"intent": handled.match.intent}
+        if not chat_request.stream:
+            return JSONResponse(completion.whole(text, "stop", answered))
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield sse(completion.chunk({"role": "assistant", "content": ""}))
+            if text:
+                yield sse(completion.chunk({"content": text}))
+            yield sse(completion.chunk({}, "stop"))
+            if chat_request.include_usage:
+                yield sse(completion.usage_chunk(answered))
+            yield sse("[DONE]")
+
+        return StreamingResponse(chunks(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     async def page(self, request: Request) -> Response:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
@@ -451,12 +518,16 @@ def _cors_headers(origin: str, preflight: bool) -> dict[str, str]:
 
 
 def create_app(
-    llm: LlmService, config: Config, models: dict[str, Any] | None = None, voice: VoiceLink | None = None
+    llm: LlmService,
+    config: Config,
+    models: dict[str, Any] | None = None,
+    voice: VoiceLink | None = None,
+    intents: IntentService | None = None,
 ) -> Starlette:
-    """The Starlette app: /v1/chat/completions, /v1/models, /health, and the chat page at /, over `llm`'s local
-    model; `models` names the model files loaded, for /health."""
+    """The Starlette app: /v1/chat/completions, /v1/models, /v1/timers, /v1/lists, /health, and the chat page at /,
+    over `llm`'s local model and, when given, the intent stage; `models` names the model files loaded."""
     check_http_config(config.http, config.llm)
-    api = ChatApi(llm, config, models or {"llm": llm.chat.model_path.name}, voice)
+    api = ChatApi(llm, config, models or {"llm": llm.chat.model_path.name}, voice, intents)
 
     async def api_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, ApiError)
@@ -481,6 +552,8 @@ def create_app(
             Route("/health", api.health, methods=["GET"]),
             Route("/v1/models", api.models, methods=["GET"]),
             Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
+            Route("/v1/timers", api.timers, methods=["GET"]),
+            Route("/v1/lists", api.lists, methods=["GET"]),
             Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
         ],
         middleware=[

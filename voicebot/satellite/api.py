@@ -15,13 +15,26 @@ import socket
 from typing import Callable
 
 from aioesphomeapi import api_pb2
-from aioesphomeapi.model import VoiceAssistantEventType, VoiceAssistantFeature, VoiceAssistantSubscriptionFlag
+from aioesphomeapi.model import (
+    VoiceAssistantEventType,
+    VoiceAssistantFeature,
+    VoiceAssistantSubscriptionFlag,
+    VoiceAssistantTimerEventType,
+)
 from google.protobuf import message as protobuf
 
 from voicebot import __version__
 from voicebot.config import SatelliteConfig
 from voicebot.errors import VoicebotError
-from voicebot.satellite.events import AnnounceRequested, Event, RunEvent, RunRefused, Subscribed, Unsubscribed
+from voicebot.satellite.events import (
+    AnnounceRequested,
+    Event,
+    RunEvent,
+    RunRefused,
+    Subscribed,
+    TimerEvent,
+    Unsubscribed,
+)
 from voicebot.satellite.frames import MESSAGE_TYPE_OF, PeerError, PeerLeft, decode_message, open_frames
 
 log = logging.getLogger(__name__)
@@ -33,6 +46,7 @@ FEATURES = (
     | VoiceAssistantFeature.API_AUDIO
     | VoiceAssistantFeature.ANNOUNCE
     | VoiceAssistantFeature.START_CONVERSATION
+    | VoiceAssistantFeature.TIMERS
 )
 MAX_CONNECTIONS = 4
 """Home Assistant holds one; a few more for a second instance or a reconnect overlapping the old one."""
@@ -236,6 +250,13 @@ class ApiServer:
         elif isinstance(msg, api_pb2.VoiceAssistantAnnounceRequest):
             urls = tuple(url for url in (msg.preannounce_media_id, msg.media_id) if url)
             self.post(AnnounceRequested(peer, urls, msg.start_conversation))
+        elif isinstance(msg, api_pb2.VoiceAssistantTimerEventResponse):
+            try:
+                timer_kind = VoiceAssistantTimerEventType(msg.event_type)
+            except ValueError:
+                log.debug("satellite: %s sent timer event %d, unknown here; ignored", peer.address, msg.event_type)
+            else:
+                self.post(TimerEvent(peer, timer_kind, msg.timer_id[:64], msg.name[:64], msg.total_seconds))
         elif isinstance(msg, api_pb2.VoiceAssistantAudio):
             log.debug("satellite: audio from %s ignored: answers are played from their URL", peer.address)
         # Subscriptions to states, Home Assistant states and services, and the rest: nothing to report.

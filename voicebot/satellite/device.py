@@ -22,14 +22,16 @@ from typing import Any, AsyncIterator, Callable, Mapping
 import httpx
 from aioesphomeapi import api_pb2
 from aioesphomeapi.model import VoiceAssistantEventType as Ev
+from aioesphomeapi.model import VoiceAssistantTimerEventType as TimerKind
 
-from voicebot.audio import AudioChunk, AudioSink, AudioSource, PlaybackTimeline
+from voicebot.audio import AudioChunk, AudioSink, AudioSource, PlaybackTimeline, VolumeSink
 from voicebot.config import Config, SatelliteConfig
 from voicebot.earcons import Earcon, Earcons
 from voicebot.engines import Engines
 from voicebot.errors import AudioDeviceError, VoicebotError
 from voicebot.pipeline import Pipeline
 from voicebot.pipeline import State as PipelineState
+from voicebot.ring import ring
 from voicebot.runtime.inbox import Inbox
 from voicebot.runtime.net import is_loopback
 from voicebot.runtime.trace import Tracer
@@ -43,11 +45,13 @@ from voicebot.satellite.events import (
     LocalStateChanged,
     PlaybackEnded,
     PlaybackStarted,
+    RingEnded,
     RunEvent,
     RunRefused,
     SourceFailed,
     State,
     Subscribed,
+    TimerEvent,
     Unsubscribed,
 )
 from voicebot.satellite.frames import PeerError, decode_encryption_key
@@ -118,6 +122,15 @@ class Playback:
     started_at: float | None = None
 
 
+@dataclass
+class SatelliteRing:
+    """A timer of Home Assistant's ringing here."""
+
+    id: int
+    timer_ids: list[str]
+    task: asyncio.Task[None]
+
+
 class Satellite:
     """The ESPHome API server and the satellite behind it: hear the wake word, stream, play the answer."""
 
@@ -140,6 +153,9 @@ class Satellite:
         self.tracer = tracer
         self.on_listening = on_listening
         self.earcons = Earcons(engines.config.earcons)
+        self.timers = engines.config.timers
+        # Timers ring even when muted: the voice-set volume, without the mute.
+        self.alarm_sink: AudioSink = sink.for_alarms() if isinstance(sink, VolumeSink) else sink
         self.state = State.IDLE
         self.mac = device_mac(self.config.name)
         self._psk = decode_encryption_key(self.config.encryption_key) if self.config.encryption_key else None
@@ -156,6 +172,9 @@ class Satellite:
         self._stopped_run_open = False  # a run stopped by barge-in whose end Home Assistant has yet to send
         self._playback: Playback | None = None
         self._playback_ids = itertools.count(1)
+        self._ring: SatelliteRing | None = None
+        self._rings_waiting: list[str] = []  # names of timers that finished while something else went on
+        self._ring_ids = itertools.count(1)
         self._relay: RelaySource | None = None
         self._local: Pipeline | None = None
         self._local_task: asyncio.Task[None] | None = None
@@ -272,6 +291,11 @@ class Satellite:
                 log.info("satellite: the input ended; still serving announcements")
         elif isinstance(event, SourceFailed):
             raise event.error
+        elif isinstance(event, TimerEvent):
+            if event.peer is self._voice:
+                await self._on_timer_event(event)
+        elif isinstance(event, RingEnded) and self._ring is not None and self._ring.id == event.ring_id:
+            await self._stop_ringing("timeout")
 
     def _set_state(self, state: State, **fields: Any) -> None:
         assert asyncio.current_task() is self._supervisor, "only the supervisor sets the satellite's state"
@@ -280,6 +304,8 @@ class Satellite:
         log.info("satellite state: %s -> %s", self.state.value, state.value)
         self.state = state
         self.tracer.emit("state", state=state.value, **fields)
+        if state is State.IDLE and self._rings_waiting:
+            self._start_ringing()  # A timer that ended during a run rings once it is over.
 
     # Home Assistant, subscribed or gone.
 
@@ -351,6 +377,8 @@ class Satellite:
         if self._voice is None:
             log.info("satellite: heard the wake word, but Home Assistant is not connected")
             return
+        if self.state is State.RINGING:
+            await self._stop_ringing("wake_word")
         busy = self.state in BUSY
         if busy and not self.barge_in:
             log.info("satellite: wake word ignored while %s (conversation.barge_in is off)", self.state.value)
@@ -381,6 +409,49 @@ class Satellite:
         elif self._voice is not None:
             self._voice.send(api_pb2.VoiceAssistantRequest(start=False))
             self._stopped_run_open = not self._run_ended
+
+    # Timers Home Assistant keeps for this satellite (it says when one starts, changes, is cancelled or ends).
+
+    async def _on_timer_event(self, event: TimerEvent) -> None:
+        kind = event.kind
+        log.info("satellite: Home Assistant's timer %r %s", event.name or event.timer_id, kind.name.rsplit("_", 1)[-1])
+        if kind is TimerKind.VOICE_ASSISTANT_TIMER_FINISHED:
+            self._rings_waiting.append(event.timer_id)
+            if self.state is State.IDLE:
+                self._start_ringing()
+        elif kind is TimerKind.VOICE_ASSISTANT_TIMER_CANCELLED:
+            if event.timer_id in self._rings_waiting:
+                self._rings_waiting.remove(event.timer_id)
+            if self._ring is not None and event.timer_id in self._ring.timer_ids:
+                await self._stop_ringing("cancelled")
+
+    def _start_ringing(self) -> None:
+        timer_ids, self._rings_waiting = self._rings_waiting, []
+        ring_id = next(self._ring_ids)
+        task = asyncio.create_task(self._ring_out(ring_id), name=f"satellite-ring-{ring_id}")
+        self._ring = SatelliteRing(ring_id, timer_ids, task)
+        self.tracer.emit("ring_start", timers=timer_ids, source="home_assistant")
+        self._set_state(State.RINGING)
+
+    async def _ring_out(self, ring_id: int) -> None:
+        try:
+            await ring([], self.alarm_sink, self.timers, self.tracer)
+        except VoicebotError as error:
+            log.error("satellite: cannot ring: %s", error)
+        self._post(RingEnded(ring_id))
+
+    async def _stop_ringing(self, reason: str) -> None:
+        """Silence the ring at once, then stop its task; a timer that ended meanwhile rings next."""
+        current, self._ring = self._ring, None
+        if current is None:
+            return
+        stopped_at = self.alarm_sink.stop()
+        await _cancelled(current.task)
+        self.tracer.emit("ring_stop", t=stopped_at, reason=reason)
+        if self.state is State.RINGING:
+            self._set_state(State.IDLE)
+        if self._rings_waiting and reason not in ("wake_word", "stopped"):
+            self._start_ringing()
 
     # Home Assistant's pipeline run.
 

@@ -7,7 +7,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
-from aioesphomeapi.model import VoiceAssistantEventType
+from aioesphomeapi.model import VoiceAssistantEventType, VoiceAssistantTimerEventType
 
 from voicebot.audio import AudioChunk
 from voicebot.pipeline import State as PipelineState
@@ -23,6 +23,7 @@ class State(enum.Enum):
     STREAMING = "streaming"  # the microphone goes to Home Assistant
     RESPONDING = "responding"  # Home Assistant's pipeline runs, or its answer plays
     ANNOUNCING = "announcing"
+    RINGING = "ringing"  # a timer Home Assistant kept for this satellite has ended
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,24 @@ class RunRefused:
 
 
 @dataclass(frozen=True)
+class TimerEvent:
+    """Home Assistant started, changed, cancelled or finished a timer it keeps for this satellite."""
+
+    peer: Peer
+    kind: VoiceAssistantTimerEventType
+    timer_id: str
+    name: str
+    total_seconds: int
+
+
+@dataclass(frozen=True)
+class RingEnded:
+    """A ring played out its timers.ring_s unanswered."""
+
+    ring_id: int
+
+
+@dataclass(frozen=True)
 class AnnounceRequested:
     """A peer asked for media to be played (a pre-announce sound, then the announcement)."""
 
@@ -125,4 +144,6 @@ Event = (
     | PlaybackEnded
     | LocalStateChanged
     | LocalEnded
+    | TimerEvent
+    | RingEnded
 )
