@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_voicebot
+import pytest
+from conftest import engines_fixture, run_voicebot
+
+from voicebot.tools.bench.early_starts import early_starts
+from voicebot.tools.bench.realtime import VOICEBOT, run_turn
+from voicebot.tools.bench.turns import Pause, Script, build_turn, speak, wake_phrase
 
 TOP_LEVEL = [
     "first_audio_s",
@@ -19,6 +24,16 @@ TOP_LEVEL = [
     "startup_s",
 ]
 DESIGNS = ("stages", "streaming_only_stages", "sequential_stages", "sequential_voicebot_cores_stages")
+
+# A hangover longer than the pause, so the pause is surely not the end; and a pause long enough for the early
+# answer to be transcribed and its LLM to be writing before speech resumes, even with the cores shared (ASR of
+# the words before it took 0.4 to 0.55 s here, and 1.1 s once while another process was busy).
+HANGOVER_S = 2.4
+PAUSE_S = 2.0
+engines = engines_fixture(
+    {"vad": {"hangover_s": HANGOVER_S}, "conversation": {"follow_up_s": 0, "max_reply_s": 4}, "llm": {"seed": 1}},
+    {"listen", "asr", "llm", "tts"},
+)
 
 
 def test_short_bench_reports_every_figure(tmp_path):
@@ -115,3 +130,20 @@ def test_the_voice_and_typed_bench_reports_every_figure(tmp_path):
     assert all(value > 0 for value in report["medians_s"].values())
     assert report["typed_llm_step_s"] > 0 and "voice_delay_in_llm_steps" in report
     assert "gave way to a voice turn" in result.stderr
+
+
+@pytest.mark.timeout(240)
+def test_the_llm_work_of_a_dropped_early_start_is_counted(engines):
+    """The LLM's work for an answer started at a pause and dropped is counted, though its own scheduler runs it."""
+    script = Script(None, ("What is the tallest mountain", Pause(PAUSE_S), "in the whole of Europe?"))
+    turn = build_turn(engines, script, speak(engines, wake_phrase(engines.config)), None)
+
+    run = run_turn(engines, turn.audio, VOICEBOT)
+
+    counted = early_starts(run)
+    assert counted["dropped"] >= 1, run.events
+    # The early start at the long pause ran longest before speech resumed.
+    dropped = max(counted["dropped_details"], key=lambda details: details["ran_s"])
+    assert dropped["ran_s"] > PAUSE_S / 2, dropped
+    assert dropped["work_s"]["asr"] > 0, dropped
+    assert dropped["work_s"]["llm"] > 0, dropped

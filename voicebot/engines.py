@@ -192,8 +192,12 @@ class Engines:
         return dataclasses.replace(self, config=config, _stages={**self._stages, "listen": listener})
 
     def with_stages(self, other: Engines, *stages: str) -> Engines:
-        """These engines with `stages` taken from `other` (the benchmark's baseline on every core)."""
-        return dataclasses.replace(self, _stages={**self._stages, **{s: other._stages[s] for s in stages}})
+        """These engines with `stages`, and their workers, taken from `other` (the benchmark's baseline on every
+        core). A view: close the engines it was made from, not it."""
+        workers = [w for w in self.workers if w.name not in stages] + [w for w in other.workers if w.name in stages]
+        return dataclasses.replace(
+            self, _stages={**self._stages, **{s: other._stages[s] for s in stages}}, workers=workers
+        )
 
     def loaded_models(self) -> dict[str, Any]:
         """The model files each loaded stage uses, for /health and describe."""
