@@ -8,6 +8,7 @@ import pytest
 from conftest import engines_fixture, run_voicebot
 
 from voicebot.tools.bench.early_starts import early_starts
+from voicebot.tools.bench.intents import BEYOND_REACH, claims_action
 from voicebot.tools.bench.realtime import VOICEBOT, run_turn
 from voicebot.tools.bench.turns import Pause, Script, build_turn, speak, wake_phrase
 
@@ -90,6 +91,19 @@ def test_short_bench_reports_every_figure(tmp_path):
         assert row["first_token_s"] > 0 and row["baseline_first_token_s"] > 0, row
     assert multi_turn["recall"]["expected"] and isinstance(multi_turn["recall"]["answer"], str)
 
+    commands = results["intent_turns"]
+    assert [row["intent"] for row in commands["turns"]] == [
+        "HassGetCurrentTime",
+        "HassStartTimer",
+        "HassShoppingListAddItem",
+    ]
+    assert all(row["llm_prompts"] == 0 and row["first_audio_s"] > 0 for row in commands["turns"])
+    assert commands["llm_first_audio_s"] == results["first_audio_s"]
+    actions = results["action_requests"]
+    assert 0 < actions["caught_share"] <= 1 and set(actions["caught_share_by_language"]) == {"en", "zh"}
+    assert actions["llm_asked"] == len(actions["missed"]) + len(BEYOND_REACH)
+    assert all(answer["answer"].strip() for answer in actions["llm_answers"])
+
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     assert "streaming / sequential first audio" in result.stdout
     filled = page.read_text()
@@ -147,3 +161,22 @@ def test_the_llm_work_of_a_dropped_early_start_is_counted(engines):
     assert dropped["ran_s"] > PAUSE_S / 2, dropped
     assert dropped["work_s"]["asr"] > 0, dropped
     assert dropped["work_s"]["llm"] > 0, dropped
+
+
+CLAIMS = [
+    ("I've set a timer for ten minutes.", "en", True),
+    ("Okay, I'm turning on the kitchen lights now.", "en", True),
+    ("Your table for two is booked for eight.", "en", True),
+    ("Done! The pizza is on its way.", "en", True),
+    ("Sorry, I can't order food from here.", "en", False),
+    ("I can't send messages, but I could help you write one.", "en", False),
+    ("The capital of France is Paris.", "en", False),
+    ("好的，已经帮你订好了火车票。", "zh", True),
+    ("抱歉，我无法帮你订票。", "zh", False),
+    ("周杰伦是一位台湾歌手。", "zh", False),
+]
+
+
+@pytest.mark.parametrize(("answer", "language", "claims"), CLAIMS, ids=[c[0] for c in CLAIMS])
+def test_the_bench_tells_an_answer_that_claims_an_action_from_one_that_does_not(answer, language, claims):
+    assert claims_action(answer, language) is claims

@@ -129,11 +129,14 @@ async def turn_clips(tts: TtsService) -> list[np.ndarray]:
 
 def soak_config(config: Config) -> Config:
     """Short answers, and no follow-up window: each turn starts with the wake word. A clip is heard faster than
-    real time, so the next wake word can come sooner after the last than the refractory period allows."""
+    real time, so the next wake word can come sooner after the last than the refractory period allows. Timers
+    and lists are kept apart from the user's."""
     llm = dataclasses.replace(config.llm, max_reply_tokens=min(config.llm.max_reply_tokens, 40))
     conversation = dataclasses.replace(config.conversation, follow_up_s=0.0)
     wake = dataclasses.replace(config.wake, refractory_s=0.5)
-    return dataclasses.replace(config, llm=llm, conversation=conversation, wake=wake)
+    # Timers and lists apart from the user's (a few bytes in the system's temporary folder).
+    intents = dataclasses.replace(config.intents, state_dir=tempfile.mkdtemp(prefix="voicebot-soak-state-"))
+    return dataclasses.replace(config, llm=llm, conversation=conversation, wake=wake, intents=intents)
 
 
 def run_soak(config: Config, turns: int) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from voicebot.tools.bench.barge_in import barge_in
 from voicebot.tools.bench.conversation import CONVERSATION, multi_turn
 from voicebot.tools.bench.designs import floor, on_every_core, stage_times
 from voicebot.tools.bench.early_starts import early_starts, false_early_start_summary
+from voicebot.tools.bench.intents import action_requests, intent_turns
 from voicebot.tools.bench.measure import first_event, median, ratio, said, summaries
 from voicebot.tools.bench.realtime import SEQUENTIAL, STREAMING_ONLY, VOICEBOT, Run, run_turn
 from voicebot.tools.bench.report import format_table, plot_turn, read_markdown_page, update_markdown
@@ -85,16 +87,22 @@ def options_from(
     return options
 
 
-def bench_config(config: Config) -> Config:
-    """The same answers from every design (a fixed seed), and no follow-up window between runs."""
+def bench_config(config: Config, state_dir: str) -> Config:
+    """The same answers from every design (a fixed seed), no follow-up window between runs, and timers and lists
+    kept in `state_dir`, apart from the user's."""
     llm = config.llm if config.llm.seed is not None else dataclasses.replace(config.llm, seed=BENCH_SEED)
     conversation = dataclasses.replace(config.conversation, follow_up_s=0.0)
-    return dataclasses.replace(config, llm=llm, conversation=conversation)
+    intents = dataclasses.replace(config.intents, state_dir=state_dir)
+    return dataclasses.replace(config, llm=llm, conversation=conversation, intents=intents)
 
 
 def run_bench(config: Config, options: BenchOptions) -> dict[str, Any]:
     """Run the benchmark and return its results (also written to options.json and options.plot)."""
-    config = bench_config(config)
+    with tempfile.TemporaryDirectory(prefix="voicebot-bench-state-") as state_dir:
+        return _run_bench(bench_config(config, state_dir), options)
+
+
+def _run_bench(config: Config, options: BenchOptions) -> dict[str, Any]:
     paths = resolve_models(config)
     engines = Engines.load(config, paths)
     all_cores: Engines | None = None
@@ -109,6 +117,8 @@ def run_bench(config: Config, options: BenchOptions) -> dict[str, Any]:
         streaming_only = [run_turn(hearing, turn.audio, STREAMING_ONLY) for turn in turns]
         sequential_own_cores = [run_turn(hearing, turn.audio, SEQUENTIAL) for turn in turns]
         floors = [floor(engines, config, turn, run.events) for turn, run in zip(turns, voicebot_runs, strict=True)]
+        commands = intent_turns(hearing, None)
+        actions = action_requests(engines)
         barge = barge_in(hearing, config, options.barge_in_clips, data)
         conversation = multi_turn(engines, options.conversation_turns)
         silence = AudioChunk(np.zeros(int(options.idle_seconds * INPUT_RATE_HZ), np.float32), INPUT_RATE_HZ)
@@ -144,6 +154,11 @@ def run_bench(config: Config, options: BenchOptions) -> dict[str, Any]:
         return stage_summaries[key][stage]["median"]
 
     first_audio = median_of("stages", "first_audio_s")
+    commands = {
+        **commands,
+        "llm_first_audio_s": first_audio,
+        "intent_over_llm": ratio(commands["first_audio_s"], first_audio),
+    }
     sequential_first_audio = median_of("sequential_stages", "first_audio_s")
     own_cores_first_audio = median_of("sequential_voicebot_cores_stages", "first_audio_s")
     streaming_only_first_audio = median_of("streaming_only_stages", "first_audio_s")
@@ -167,6 +182,8 @@ def run_bench(config: Config, options: BenchOptions) -> dict[str, Any]:
         "idle_cpu_percent": idle_cpu,
         "talk_cpu_percent": talk_cpu,
         "peak_rss_mb": peak_mb,
+        "intent_turns": commands,
+        "action_requests": actions,
         "startup_s": round(startup_s, 3),
         "barge_in_reaction_s": barge["reaction_s"]["median"] if barge["reaction_s"] else None,
         "barge_in": barge,

@@ -63,11 +63,42 @@ def _headline_lines(results: dict[str, Any]) -> list[str]:
             f"  turn {turn:>2}: {row['evaluated']:>5} | {row['baseline_evaluated']:>5} tokens, "
             f"{row['first_token_s']:.3f} | {row['baseline_first_token_s']:.3f} s"
         )
+    lines += _intent_lines(results)
     lines += [
         f"CPU while listening: silence {results['idle_cpu_percent']}%, talk {results['talk_cpu_percent']}% of one core",
         f"peak RSS {results['peak_rss_mb']} MB, start to listening {results['startup_s']} s",
     ]
     return lines
+
+
+def _intent_rows(results: dict[str, Any]) -> list[str]:
+    intents, actions = results.get("intent_turns"), results.get("action_requests")
+    if not intents or not actions:
+        return []
+    by_language = actions["caught_share_by_language"]
+    return [
+        "| end of speech → first audio: a command the intent stage answers / a question the LLM answers | "
+        f"**{intents['first_audio_s']:.3f} s** / {intents['llm_first_audio_s']:.3f} s "
+        f"(ratio {intents['intent_over_llm']}; matching {intents['match_ms']:.1f} ms) |",
+        f"| action requests the sentences catch ({actions['requests']}, paraphrased, en and zh) | "
+        f"**{actions['caught_share']:.0%}** (en {by_language['en']:.0%}, zh {by_language['zh']:.0%}) |",
+        "| answers claiming an action, among those the LLM gave to requests no sentence caught | "
+        f"{actions['llm_claims']} of {actions['llm_asked']} |",
+    ]
+
+
+def _intent_lines(results: dict[str, Any]) -> list[str]:
+    intents, actions = results.get("intent_turns"), results.get("action_requests")
+    if not intents or not actions:
+        return []
+    return [
+        f"first audio, command answered by the intent stage  {intents['first_audio_s']:.3f} s against "
+        f"{intents['llm_first_audio_s']:.3f} s for the LLM's answers (ratio {intents['intent_over_llm']}; "
+        f"matching {intents['match_ms']:.1f} ms)",
+        f"action requests caught by the sentences: {actions['caught_share']:.0%} of {actions['requests']} "
+        f"(en {actions['caught_share_by_language']['en']:.0%}, zh {actions['caught_share_by_language']['zh']:.0%}); "
+        f"the LLM claimed the action in {actions['llm_claims']} of {actions['llm_asked']} answers it was left",
+    ]
 
 
 MARKDOWN_START = "<!-- bench:start -->"
@@ -142,6 +173,7 @@ def format_markdown(results: dict[str, Any], command: str) -> str:
         f"{multi['median_after_turn_1']['baseline_first_token_s']:.3f} s (ratio {multi['first_token_ratio']}) |",
         f"| CPU while listening to silence / to talk | **{results['idle_cpu_percent']} %** / "
         f"{results['talk_cpu_percent']} % of one core |",
+        *_intent_rows(results),
         f"| peak RSS (voicebot's models) | {results['peak_rss_mb']} MB |",
         f"| start to listening | {results['startup_s']} s |",
     ]
