@@ -111,7 +111,8 @@ def test_piped_questions_are_answered_in_order_and_it_exits_at_the_end(tmp_path)
 
 
 def test_a_chinese_question_gets_the_chinese_system_prompt(tmp_path):
-    result, events = chat(tmp_path, ["今天天气怎么样？", "What time is it?"])
+    # Questions for the LLM: a command ("what time is it") would be answered by the intent stage instead.
+    result, events = chat(tmp_path, ["法国的首都是哪里？", "What is the capital of France?"])
 
     assert result.returncode == 0, result.stderr
     assert [p["language"] for p in named(events, "llm_prompt")] == ["zh", "en"]

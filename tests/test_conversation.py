@@ -157,7 +157,7 @@ def test_a_follow_up_needs_no_wake_word_and_silence_closes_the_window(tmp_path, 
 
 def test_earcons_can_be_turned_off(tmp_path, speech_dir):
     hey = espeak("hey jarvis", speech_dir)
-    wav = build_wav(tmp_path / "quiet.wav", [1.0, hey, 0.3, espeak("What is the capital of France?", speech_dir), 3.0])
+    wav = build_wav(tmp_path / "quiet.wav", [1.0, hey, 0.3, espeak("What is the capital of France?", speech_dir), 8.0])
 
     _, events = run_assistant(tmp_path, wav, "--set", "earcons.volume=0", "--set", "conversation.follow_up_s=1")
 

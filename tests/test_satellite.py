@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import http.server
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 from aioesphomeapi import APIClient
 from aioesphomeapi.core import APIConnectionError, InvalidEncryptionKeyAPIError
 from aioesphomeapi.model import VoiceAssistantEventType as Ev
@@ -31,6 +33,7 @@ from voicebot.assistant import run_stages
 from voicebot.audio import read_wav
 from voicebot.config import load_config
 from voicebot.satellite import check_satellite
+from voicebot.satellite.api import HELLO_TIMEOUT_S
 
 TIMEOUT_S = 30.0
 START_TIMEOUT_S = 90.0
@@ -42,6 +45,8 @@ LONG_ANSWER = (
     "and every evening they climbed the long stairs together to light the great lamp."
 )
 BARGE_IN_GOAL_S = 0.15
+HALF_HOUR_S = 1800
+RSS_GOAL_MB = 50
 RING_BEFORE_WAKE_S = 3.0
 """How long the satellite's input is silent, while Home Assistant's finished timer rings, before the wake word."""
 WAKE_INTO_ANSWER_S = 3.0
@@ -51,7 +56,7 @@ WAKE_INTO_ANSWER_S = 3.0
 class SatelliteProcess(ServerProcess):
     """`voicebot run` as a satellite in a subprocess; its log in a file the test reads."""
 
-    def __init__(self, folder: Path, wav: Path, *options: str) -> None:
+    def __init__(self, folder: Path, wav: Path, *options: str, flags: tuple[str, ...] = ()) -> None:
         satellite_port = free_port()
         self.reply = folder / "reply.wav"
         self.trace = folder / "trace.jsonl"
@@ -62,7 +67,7 @@ class SatelliteProcess(ServerProcess):
             "earcons.wake=false",
         ]
         arguments = [arg for option in (*settings, *options) for arg in ("--set", option)]
-        files = ["--input", str(wav), "--output", str(self.reply), "--trace", str(self.trace)]
+        files = ["--input", str(wav), "--output", str(self.reply), "--trace", str(self.trace), *flags]
         super().__init__("run", [*arguments, *files], folder / "voicebot.log")
         self.port = satellite_port
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -95,6 +100,11 @@ def files(tmp_path_factory):
     answer = espeak("The capital of France is Paris.", served, speed=170)
     announcement = espeak("The washing machine has finished.", served, speed=150)
     long_answer = espeak(LONG_ANSWER, served, speed=160)
+    # Half an hour of near-silence with a tone every minute: a few hundred KB of FLAC that decodes to 115 MB.
+    rate = 16000
+    minute = np.zeros(60 * rate, np.float32)
+    minute[: rate // 2] = 0.2 * np.sin(2 * np.pi * 440 * np.arange(rate // 2) / rate)
+    soundfile.write(served / "half_hour.flac", np.tile(minute, HALF_HOUR_S // 60), rate, format="FLAC")
     # Home Assistant (the test) answers about 0.5 s after the question; "hey jarvis" again, while the answer plays.
     gap_s = 0.5 + WAKE_INTO_ANSWER_S - read_wav(hey).seconds
     barge_in_wav = build_wav(folder / "barge_in.wav", [1.0, hey, 0.6, question, gap_s, hey, 4.0])
@@ -113,6 +123,7 @@ def files(tmp_path_factory):
         "announcement_url": base + announcement.name,
         "long_answer": long_answer,
         "long_answer_url": base + long_answer.name,
+        "half_hour_url": base + "half_hour.flac",
         "barge_in_wav": barge_in_wav,
     }
     server.shutdown()
@@ -387,6 +398,86 @@ async def _timer_rings(files, folder) -> None:
     assert abs(np.argmax(spectrum) * reply.rate_hz / len(reply.samples) - 1047) < 15
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_half_hour_announcement_plays_in_flat_memory_and_only_home_assistant_may_ask_for_one(files, tmp_path):
+    asyncio.run(asyncio.wait_for(_half_hour(files, tmp_path), TEST_TIMEOUT_S + 300))
+
+
+async def _half_hour(files, folder) -> None:
+    # --fast: the output file takes the half hour as fast as it is decoded, as a speaker with no wait would.
+    satellite = SatelliteProcess(folder, build_wav(folder / "quiet.wav", [2.0]), flags=("--fast",))
+    try:
+        stranger = satellite.client()  # Connected and said hello, but never subscribed to the voice assistant.
+        await asyncio.wait_for(stranger.connect(login=True), TIMEOUT_S)
+        refused = await stranger.send_voice_assistant_announcement_await_response(files["half_hour_url"], TIMEOUT_S)
+        assert not refused.success
+        await satellite.wait_for_log("refused an announcement from")
+        client = satellite.client()
+        await asyncio.wait_for(client.connect(login=True), TIMEOUT_S)
+        FakeHomeAssistant(client).subscribe()
+        await satellite.wait_for_log("subscribed to the voice assistant")
+        await satellite.wait_for_log("the input ended")  # Then it only idles.
+        idle_mb = rss_mb(satellite.process.pid)
+        peak_mb = idle_mb
+        played = asyncio.ensure_future(
+            client.send_voice_assistant_announcement_await_response(files["half_hour_url"], 600)
+        )
+        while not played.done():
+            peak_mb = max(peak_mb, rss_mb(satellite.process.pid))
+            await asyncio.sleep(0.05)
+        assert played.result().success, satellite.log()[-3000:]
+        await asyncio.wait_for(asyncio.gather(client.disconnect(), stranger.disconnect()), TIMEOUT_S)
+    finally:
+        code = satellite.stop()
+    assert code == 0, satellite.log()
+    print(f"RSS idle {idle_mb:.0f} MB, at most {peak_mb:.0f} MB while half an hour played")
+    assert peak_mb - idle_mb < RSS_GOAL_MB
+    played_s = [e["seconds"] for e in named(trace_events(satellite.trace), "satellite_played")]
+    assert played_s == [pytest.approx(HALF_HOUR_S, abs=1)]
+
+
+def test_idle_and_silent_peers_never_lock_home_assistant_out(files, tmp_path):
+    asyncio.run(asyncio.wait_for(_idle_peers(files, tmp_path), TEST_TIMEOUT_S))
+
+
+async def _idle_peers(files, folder) -> None:
+    satellite = SatelliteProcess(folder, files["wav"])
+    try:
+        silent = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", satellite.port), TIMEOUT_S)
+        started = time.monotonic()
+        assert await asyncio.wait_for(silent[0].read(), TIMEOUT_S) == b"", "a silent peer was kept"
+        silent_held_s = time.monotonic() - started
+        # Four plaintext peers that say hello and go idle: the cap is four, and once it locked Home Assistant out.
+        idle = []
+        for _ in range(4):
+            peer = satellite.client()
+            await asyncio.wait_for(peer.connect(login=True), TIMEOUT_S)
+            idle.append(peer)
+        started = time.monotonic()
+        home = satellite.client()
+        await asyncio.wait_for(home.connect(login=True), TIMEOUT_S)
+        info = await asyncio.wait_for(home.device_info(), TIMEOUT_S)
+        home_in_s = time.monotonic() - started
+        assert info.name == "voicebot"
+        await satellite.wait_for_log("which never subscribed, for")
+        await asyncio.wait_for(home.disconnect(), TIMEOUT_S)
+        for peer in idle:
+            with contextlib.suppress(APIConnectionError, TimeoutError):
+                await asyncio.wait_for(peer.disconnect(), TIMEOUT_S)
+    finally:
+        code = satellite.stop()
+    assert code == 0, satellite.log()
+    print(f"a silent peer was dropped after {silent_held_s:.1f} s; Home Assistant got in within {home_in_s:.2f} s")
+    assert silent_held_s < HELLO_TIMEOUT_S + 1
+    assert home_in_s < 1.0
+
+
 def test_peers_that_break_the_protocol_are_dropped_and_the_satellite_goes_on(files, tmp_path):
     asyncio.run(asyncio.wait_for(_bad_peers(files, tmp_path), TEST_TIMEOUT_S))
 
@@ -454,7 +545,13 @@ def test_check_warns_of_a_satellite_on_the_network_without_a_key():
     assert check_satellite(load_config(None, ("satellite.enabled=true",))) == []
     fallback = load_config(None, ("satellite.enabled=true", "satellite.fallback_local=true"))
     assert run_stages(fallback) == {"listen", "asr", "intents", "llm", "tts"}
-    assert run_stages(lan) == {"listen"} and run_stages(load_config(None, ())) == {"listen", "asr", "intents", "llm", "tts"}
+    assert run_stages(lan) == {"listen"} and run_stages(load_config(None, ())) == {
+        "listen",
+        "asr",
+        "intents",
+        "llm",
+        "tts",
+    }
 
 
 def test_with_fallback_local_and_no_home_assistant_the_question_is_answered_here(files, tmp_path):

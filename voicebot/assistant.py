@@ -33,6 +33,7 @@ from voicebot.errors import AudioDeviceError, VoicebotError
 from voicebot.models.paths import resolve_models
 from voicebot.pipeline import Pipeline
 from voicebot.runtime.systemd import SystemdNotifier
+from voicebot.runtime.tasks import cancel_and_wait
 from voicebot.runtime.trace import Tracer
 from voicebot.tts import REMOTE_SPEECH_RATE_HZ
 
@@ -209,7 +210,7 @@ class Assistant:
                 self.tracer.emit("config_reloaded", source=config.source)
         finally:
             self.notifier.stopping()
-            await _cancelled(keep_alive)
+            await cancel_and_wait(keep_alive)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             if self.sink is not None:
@@ -225,7 +226,7 @@ class Assistant:
         loading = asyncio.ensure_future(asyncio.to_thread(load_engines, config, run_stages(config)))
         stop = asyncio.create_task(self._stop.wait())
         await asyncio.wait({loading, stop}, return_when=asyncio.FIRST_COMPLETED)
-        await _cancelled(stop)
+        await cancel_and_wait(stop)
         if loading.done():
             return loading.result()
         loading.add_done_callback(lambda done: done.exception() is None and done.result().close(wait=False))
@@ -253,7 +254,7 @@ class Assistant:
                 stop = asyncio.create_task(self._stop.wait())
                 reload = asyncio.create_task(self._reload.wait())
                 await asyncio.wait({running, stop, reload}, return_when=asyncio.FIRST_COMPLETED)
-                await _cancelled(stop, reload)
+                await cancel_and_wait(stop, reload)
                 if running.done():
                     running.result()  # An error that ended the run is raised here.
                     return None
@@ -265,7 +266,7 @@ class Assistant:
                 if replacement is not None:
                     return replacement
         finally:
-            await _cancelled(running)
+            await cancel_and_wait(running)
             if http is not None:
                 await http.stop()
             if engines.has("llm"):
@@ -359,10 +360,3 @@ class Assistant:
             self.tracer.emit("listening")
             self.notifier.ready("listening")
         self._microphone_backoff.reset()
-
-
-async def _cancelled(*tasks: asyncio.Task) -> None:
-    """Cancel `tasks` and wait until they have ended."""
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)

@@ -372,6 +372,7 @@ class PlaybackTimeline:
         self._lock = threading.Lock()
         self._spans: collections.deque[tuple[int, np.ndarray]] = collections.deque()
         self._keep_samples = int(keep_s * INPUT_RATE_HZ)
+        self._held_samples = 0
 
     def add(self, starts_at: float, chunk: AudioChunk) -> None:
         """`chunk` starts playing at clock time `starts_at`."""
@@ -381,8 +382,14 @@ class PlaybackTimeline:
         start = round(starts_at * INPUT_RATE_HZ)
         with self._lock:
             self._spans.append((start, samples))
-            while self._spans and self._spans[0][0] + len(self._spans[0][1]) < start - self._keep_samples:
-                self._spans.popleft()
+            self._held_samples += len(samples)
+            # What ended long ago goes, and whatever is held never passes keep_s of audio: an output written
+            # faster than real time (--fast) schedules everything at once.
+            while self._spans and (
+                self._spans[0][0] + len(self._spans[0][1]) < start - self._keep_samples
+                or self._held_samples - len(self._spans[0][1]) >= self._keep_samples
+            ):
+                self._held_samples -= len(self._spans.popleft()[1])
 
     def cut(self, at: float) -> None:
         """Nothing scheduled after clock time `at` was played."""
@@ -390,6 +397,7 @@ class PlaybackTimeline:
         with self._lock:
             kept = [(start, samples[: max(0, end - start)]) for start, samples in self._spans if start < end]
             self._spans = collections.deque(span for span in kept if len(span[1]))
+            self._held_samples = sum(len(samples) for _, samples in self._spans)
 
     def render(self, ends_at: float, count: int) -> np.ndarray:
         """The `count` samples played up to clock time `ends_at` (silence where nothing played)."""

@@ -334,6 +334,9 @@ class SatelliteConfig:
     device; null: no encryption."""
     fallback_local: bool = False
     """Load the local models and answer locally when Home Assistant is unreachable."""
+    max_announcement_s: float = setting(3600.0, min=10.0, max=86400.0)
+    """Longest audio Home Assistant may have the satellite play at once (an answer or announcement);
+    it is decoded and played a second at a time, so the length costs no memory."""
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
-from voicebot.audio import AudioChunk, PlaybackTimeline
+from voicebot.audio import AudioChunk, AudioSource, PlaybackTimeline
 from voicebot.echo import EchoCanceller
+from voicebot.errors import AudioDeviceError, VoicebotError
+from voicebot.runtime.inbox import Inbox
 from voicebot.runtime.threads import PinnedWorker
 from voicebot.vad import Endpoint, Endpointer, Utterance
 from voicebot.wake import SelfWakeGuard, WakeDetection, WakeWordDetector
@@ -21,6 +24,45 @@ log = logging.getLogger(__name__)
 # stamped with jitter by milliseconds, so the reference follows its own sample count and only
 # jumps to the clock when they drift further apart than this (frames dropped, a stalled device).
 REFERENCE_RESYNC_S = 0.1
+
+
+@dataclass(frozen=True)
+class Heard:
+    """80 ms of microphone audio."""
+
+    chunk: AudioChunk
+
+
+@dataclass(frozen=True)
+class InputEnded:
+    """The source has no more audio (a file came to its end)."""
+
+
+@dataclass(frozen=True)
+class SourceFailed:
+    """The microphone failed."""
+
+    error: BaseException
+
+
+async def hear_source(source: AudioSource, inbox: Inbox, on_first_frame: Callable[[], None]) -> None:
+    """Hand each frame of `source` to a supervisor's inbox as Heard (waiting while it is behind), then InputEnded;
+    a failure, whatever it is, reaches the supervisor as SourceFailed, in one line."""
+    listening = False
+    try:
+        async for chunk in source.frames():
+            if not listening:
+                listening = True
+                on_first_frame()
+            await inbox.put_frame(Heard(chunk))
+    except VoicebotError as error:
+        inbox.post(SourceFailed(error))
+        return
+    except Exception as error:  # noqa: BLE001 - whatever ends the input must reach the supervisor
+        log.debug("the audio source failed", exc_info=True)
+        inbox.post(SourceFailed(AudioDeviceError(f"the audio input failed: {type(error).__name__}: {error}")))
+        return
+    await inbox.put_frame(InputEnded())
 
 
 @dataclass(frozen=True)

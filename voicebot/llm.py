@@ -254,6 +254,10 @@ class ChatModel:
                 f"the prompt is {len(tokens)} tokens, more than the LLM's context of {self.context_tokens}; "
                 "shorten it or raise llm.context_tokens"
             )
+        # All but the last token first, so the last is always evaluated alone, as llama-cpp-python does when the
+        # rest is cached: its logits, and so a seeded answer, are then the same whatever the cache held. This
+        # also lets a long prompt give way between blocks.
+        self.prefill(tokens[:-1], should_stop)
         completion = self._llama.create_completion(
             prompt=tokens,
             stream=True,

@@ -23,13 +23,14 @@ from voicebot.asr import Transcript
 from voicebot.audio import AudioChunk, AudioSink, AudioSource, PlaybackTimeline, VolumeSink
 from voicebot.earcons import Earcon, Earcons
 from voicebot.engines import Engines
-from voicebot.errors import AudioDeviceError, RemoteEngineError, VoicebotError
+from voicebot.errors import RemoteEngineError, VoicebotError
 from voicebot.intents.match import IntentMatch
 from voicebot.intents.service import Ring
-from voicebot.listen import Listener
+from voicebot.listen import Heard, InputEnded, Listener, SourceFailed, hear_source
 from voicebot.reply import VOICE_CONVERSATION, Responder
 from voicebot.ring import ring
 from voicebot.runtime.inbox import Inbox
+from voicebot.runtime.tasks import cancel_and_wait
 from voicebot.runtime.trace import HeldTracer, Tracer
 from voicebot.tts import language_of
 from voicebot.vad import Endpoint, EndpointKind
@@ -77,25 +78,6 @@ def is_stop_command(text: str) -> bool:
 
 
 # Events posted to the supervisor.
-
-
-@dataclass(frozen=True)
-class Heard:
-    """80 ms of microphone audio."""
-
-    chunk: AudioChunk
-
-
-@dataclass(frozen=True)
-class InputEnded:
-    """The source has no more audio (a file came to its end)."""
-
-
-@dataclass(frozen=True)
-class SourceFailed:
-    """The microphone failed."""
-
-    error: BaseException
 
 
 @dataclass(frozen=True)
@@ -240,7 +222,7 @@ class Pipeline:
         self._inbox = Inbox()
         self._set_state(State.IDLE)
         self._follow_up = self._input_ended = False
-        reader = asyncio.create_task(self._read_source(), name="source")
+        reader = asyncio.create_task(hear_source(self.source, self._inbox, self.on_listening), name="source")
         timers = None
         if self.engines.has("intents"):
             intents = self.engines.intents
@@ -259,23 +241,6 @@ class Pipeline:
             await self.cancel_turn()
             await self._stop_ringing("stopped")
             await self.responder.close()
-
-    async def _read_source(self) -> None:
-        listening = False
-        try:
-            async for chunk in self.source.frames():
-                if not listening:
-                    listening = True
-                    self.on_listening()
-                await self._inbox.put_frame(Heard(chunk))
-        except VoicebotError as error:
-            self._inbox.post(SourceFailed(error))
-            return
-        except Exception as error:  # noqa: BLE001 - whatever ends the input must reach the supervisor
-            log.debug("the audio source failed", exc_info=True)
-            self._inbox.post(SourceFailed(AudioDeviceError(f"the audio input failed: {type(error).__name__}: {error}")))
-            return
-        await self._inbox.put_frame(InputEnded())
 
     async def _handle(self, event: Event) -> None:
         if isinstance(event, Heard):
@@ -585,7 +550,7 @@ class Pipeline:
         if ringing is None:
             return
         stopped_at = self.alarm_sink.stop()
-        await _cancelled(ringing.task, *ringing.stop_checks)
+        await cancel_and_wait(ringing.task, *ringing.stop_checks)
         self.tracer.emit("ring_stop", t=stopped_at, reason=reason)
         if self.state is State.RINGING:
             self._set_state(State.IDLE)
@@ -648,10 +613,11 @@ class Pipeline:
         reason = "answered"
         tracer, confirmed = turn.tracer, turn.confirmed
         # Typed requests to the local LLM wait from the start of transcription until this answer is heard.
-        hold = self.engines.llm.hold_for_voice(VOICE_CONVERSATION)
+        hold = self.engines.llm.hold_for_voice(VOICE_CONVERSATION) if self.engines.has("llm") else None
 
         def on_speaking(heard_at: float) -> None:
-            hold.release()
+            if hold is not None:
+                hold.release()
             self._on_speaking(turn, heard_at)
 
         try:
@@ -669,7 +635,8 @@ class Pipeline:
             if self.engines.has("intents"):
                 match = self.engines.intents.match(transcript.text, transcript.language)
                 if match is not None:
-                    hold.release()  # The LLM is not needed: typed work may go on.
+                    if hold is not None:
+                        hold.release()  # The LLM is not needed: typed work may go on.
                     reason = await self._answer_intent(match, tracer, confirmed, on_speaking)
                     return
             reply = await self.responder.respond(
@@ -695,7 +662,8 @@ class Pipeline:
             log.error("turn failed: %s: %s", type(error).__name__, error)
             log.debug("turn failure details", exc_info=True)
         finally:
-            hold.release()
+            if hold is not None:
+                hold.release()
             if reason != "cancelled":
                 await confirmed.wait()  # An early turn ends only once its question has.
             tracer.emit("turn_end", reason=reason)
@@ -704,11 +672,3 @@ class Pipeline:
 
 async def _once(text: str) -> AsyncIterator[str]:
     yield text
-
-
-async def _cancelled(*tasks: asyncio.Task | None) -> None:
-    """Cancel the tasks given (None is no task) and wait until they have ended."""
-    running = [task for task in tasks if task is not None]
-    for task in running:
-        task.cancel()
-    await asyncio.gather(*running, return_exceptions=True)

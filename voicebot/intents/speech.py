@@ -7,23 +7,11 @@ from __future__ import annotations
 
 import datetime
 
+from voicebot.tts import MONTHS
+
 ZH_DIGITS = "零一二三四五六七八九"
 EN_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 ZH_WEEKDAYS = ("星期一", "星期二", "星期三", "星期四", "星期五", "星期六", "星期日")
-EN_MONTHS = (
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-)
 
 
 def zh_number(value: int) -> str:
@@ -110,7 +98,7 @@ def calendar_date(day: datetime.date, language: str) -> str:
     if language == "zh":
         year = "".join(ZH_DIGITS[int(digit)] for digit in str(day.year))
         return f"{year}年{zh_number(day.month)}月{zh_number(day.day)}日，{ZH_WEEKDAYS[day.weekday()]}"
-    return f"{EN_WEEKDAYS[day.weekday()]}, {EN_MONTHS[day.month - 1]} {day.day}, {day.year}"
+    return f"{EN_WEEKDAYS[day.weekday()]}, {MONTHS[day.month - 1]} {day.day}, {day.year}"
 
 
 def day_word(day: datetime.date, today: datetime.date, language: str) -> str:

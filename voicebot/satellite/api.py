@@ -35,7 +35,7 @@ from voicebot.satellite.events import (
     TimerEvent,
     Unsubscribed,
 )
-from voicebot.satellite.frames import MESSAGE_TYPE_OF, PeerError, PeerLeft, decode_message, open_frames
+from voicebot.satellite.frames import Peer, PeerError, PeerLeft, decode_message, open_frames
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,12 @@ FEATURES = (
     | VoiceAssistantFeature.TIMERS
 )
 MAX_CONNECTIONS = 4
-"""Home Assistant holds one; a few more for a second instance or a reconnect overlapping the old one."""
-MAX_WRITE_BUFFER_BYTES = 1024 * 1024
-"""A client that leaves this much unread (a stalled Home Assistant while the microphone streams) is dropped."""
+"""Home Assistant holds one; a few more for a second instance or a reconnect overlapping the old one. At the cap,
+the oldest connection that never subscribed to the voice assistant gives way, so Home Assistant always gets in."""
+HELLO_TIMEOUT_S = 5.0
+"""A new connection must have said hello (its Noise handshake done, if encrypted) within this long."""
+IDLE_TIMEOUT_S = 90.0
+"""A connection silent this long is dropped; Home Assistant pings every 20 s or so."""
 CLOSE_TIMEOUT_S = 3.0
 
 
@@ -66,25 +69,6 @@ def wake_phrase(model: str) -> str:
     """What a wake word model listens for, as words: hey_jarvis_v0.1 -> hey jarvis."""
     stem = re.sub(r"_v\d[\w.]*$", "", model.rsplit("/", 1)[-1].removesuffix(".onnx"))
     return stem.replace("_", " ").strip()
-
-
-class Peer:
-    """One connection: Home Assistant (or another client) as the ESPHome API sees it."""
-
-    def __init__(self, writer: asyncio.StreamWriter, frames, address: str) -> None:
-        self.writer = writer
-        self.frames = frames
-        self.address = address
-
-    def send(self, *messages: protobuf.Message) -> None:
-        """Queue messages; a client that does not read is dropped rather than buffered without end."""
-        if self.writer.is_closing():
-            return
-        for msg in messages:
-            self.writer.write(self.frames.encode(MESSAGE_TYPE_OF[type(msg)], msg.SerializeToString()))
-        if self.writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER_BYTES:
-            log.warning("satellite: %s reads too slowly; dropping it", self.address)
-            self.writer.transport.abort()
 
 
 class WakeWords:
@@ -112,7 +96,7 @@ class ApiServer:
         self.post = post
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self._connections = 0  # counted from accept, so handshakes in progress count too
+        self._open: dict[asyncio.StreamWriter, Peer | None] = {}  # in the order accepted; None: no hello yet
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
@@ -150,39 +134,59 @@ class ApiServer:
             self._tasks.add(task)
         host, port = writer.get_extra_info("peername")[:2]
         address = f"{host}:{port}"
-        if self._connections >= MAX_CONNECTIONS:
-            log.warning("satellite: refused %s: already %d connections", address, MAX_CONNECTIONS)
+        if len(self._open) >= MAX_CONNECTIONS and not self._make_room(address):
             writer.transport.abort()
             self._tasks.discard(task)
             return
-        self._connections += 1
+        self._open[writer] = None
         self._writers.add(writer)
         peer: Peer | None = None
         try:
-            frames, first = await open_frames(reader, writer, self.psk, self.config.name, self.mac)
-            peer = Peer(writer, frames, address)
-            while True:
+            async with asyncio.timeout(HELLO_TIMEOUT_S):
+                frames, first = await open_frames(reader, writer, self.psk, self.config.name, self.mac)
+                peer = Peer(writer, frames, address)
                 type_id, payload = await frames.read(reader, first)
-                first = None
+            if decode_message(type_id, payload).__class__ is not api_pb2.HelloRequest:
+                raise PeerError(f"message type {type_id} before its hello")
+            self._open[writer] = peer
+            while True:
                 msg = decode_message(type_id, payload)
                 if msg is None:
                     log.debug("satellite: %s sent message type %d, unknown here; ignored", address, type_id)
-                    continue
-                if not self._handle(peer, msg):
+                elif not self._handle(peer, msg):
+                    break
+                try:
+                    type_id, payload = await asyncio.wait_for(frames.read(reader), IDLE_TIMEOUT_S)
+                except TimeoutError:
+                    log.info("satellite: dropped %s: silent for %.0f s", address, IDLE_TIMEOUT_S)
                     break
         except PeerError as error:
             log.warning("satellite: dropped %s: it sent %s", address, error)
         except TimeoutError:
-            log.warning("satellite: dropped %s: no handshake within the time allowed", address)
+            log.warning("satellite: dropped %s: no hello within %.0f s", address, HELLO_TIMEOUT_S)
         except (PeerLeft, ConnectionError):
             log.debug("satellite: %s closed the connection", address)
         finally:
-            self._connections -= 1
+            self._open.pop(writer, None)
             self._writers.discard(writer)
             if peer is not None:
                 self.post(Unsubscribed(peer))
             writer.transport.abort()
             self._tasks.discard(task)
+
+    def _make_room(self, address: str) -> bool:
+        """At the cap: drop the oldest connection that never subscribed (one still in its hello, or one that only
+        said hello), so Home Assistant always gets in; False, with one line, if every one is a subscriber."""
+        for writer, peer in self._open.items():
+            if peer is None or not peer.subscribed:
+                del self._open[writer]
+                who = peer.address if peer is not None else "a connection still in its hello"
+                log.warning("satellite: %d connections: dropped %s, which never subscribed, for %s",
+                            MAX_CONNECTIONS, who, address)  # fmt: skip
+                writer.transport.abort()
+                return True
+        log.warning("satellite: refused %s: already %d subscribed connections", address, MAX_CONNECTIONS)
+        return False
 
     def _handle(self, peer: Peer, msg: protobuf.Message) -> bool:
         """Answer or pass on one message; False when the peer asked to disconnect."""
@@ -219,6 +223,7 @@ class ApiServer:
             peer.send(api_pb2.DisconnectResponse())
             return False
         elif isinstance(msg, api_pb2.SubscribeVoiceAssistantRequest):
+            peer.subscribed = msg.subscribe
             api_audio = bool(msg.flags & VoiceAssistantSubscriptionFlag.API_AUDIO)
             self.post(Subscribed(peer, api_audio) if msg.subscribe else Unsubscribed(peer))
         elif isinstance(msg, api_pb2.VoiceAssistantConfigurationRequest):

@@ -14,6 +14,7 @@ cancellation goes out of band, as `Task.cancel()`, awaited.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from dataclasses import dataclass
@@ -28,14 +29,16 @@ from voicebot.audio import AudioChunk, AudioSink, AudioSource, PlaybackTimeline,
 from voicebot.config import Config, SatelliteConfig
 from voicebot.earcons import Earcon, Earcons
 from voicebot.engines import Engines
-from voicebot.errors import AudioDeviceError, VoicebotError
+from voicebot.errors import VoicebotError
+from voicebot.listen import hear_source
 from voicebot.pipeline import Pipeline
 from voicebot.pipeline import State as PipelineState
 from voicebot.ring import ring
 from voicebot.runtime.inbox import Inbox
 from voicebot.runtime.net import is_loopback
+from voicebot.runtime.tasks import cancel_and_wait
 from voicebot.runtime.trace import Tracer
-from voicebot.satellite.api import ApiServer, Peer, WakeWords, device_mac, wake_phrase
+from voicebot.satellite.api import ApiServer, WakeWords, device_mac, wake_phrase
 from voicebot.satellite.events import (
     AnnounceRequested,
     Event,
@@ -54,12 +57,14 @@ from voicebot.satellite.events import (
     TimerEvent,
     Unsubscribed,
 )
-from voicebot.satellite.frames import PeerError, decode_encryption_key
-from voicebot.satellite.media import fetch_audio
+from voicebot.satellite.frames import Peer, PeerError, decode_encryption_key
+from voicebot.satellite.media import TooLong, audio_blocks
 from voicebot.wake import WakeDetection
 
 log = logging.getLogger(__name__)
 
+PLAY_AHEAD_S = 2.0
+"""How far ahead of the speaker Home Assistant's audio is decoded and queued."""
 MAX_STREAM_S = 30.0
 """The longest question streamed before the satellite stops on its own (Home Assistant's VAD normally ends it)."""
 CANCEL_TIMEOUT_S = 3.0
@@ -223,9 +228,9 @@ class Satellite:
             while True:
                 await self._handle(await self._inbox.get())
         finally:
-            await _cancelled(reader)
+            await cancel_and_wait(reader)
             if self._local_task is not None:
-                await _cancelled(self._local_task)
+                await cancel_and_wait(self._local_task)
                 self._local_task = None
             await server.close()
             await self._stop_playback()
@@ -234,21 +239,7 @@ class Satellite:
         if self._local is None:
             # Nobody to send a question to before Home Assistant subscribes: an input file waits for it.
             await self._subscribed.wait()
-        listening = False
-        try:
-            async for chunk in self.source.frames():
-                if not listening:
-                    listening = True
-                    self.on_listening()
-                await self._inbox.put_frame(Heard(chunk))
-        except VoicebotError as error:
-            self._post(SourceFailed(error))
-            return
-        except Exception as error:  # noqa: BLE001 - whatever ends the input must reach the supervisor
-            log.debug("the audio source failed", exc_info=True)
-            self._post(SourceFailed(AudioDeviceError(f"the audio input failed: {type(error).__name__}: {error}")))
-            return
-        await self._inbox.put_frame(InputEnded())
+        await hear_source(self.source, self._inbox, self.on_listening)
 
     def _on_local_done(self, task: asyncio.Task) -> None:
         if self._relay is not None:
@@ -446,7 +437,7 @@ class Satellite:
         if current is None:
             return
         stopped_at = self.alarm_sink.stop()
-        await _cancelled(current.task)
+        await cancel_and_wait(current.task)
         self.tracer.emit("ring_stop", t=stopped_at, reason=reason)
         if self.state is State.RINGING:
             self._set_state(State.IDLE)
@@ -506,6 +497,11 @@ class Satellite:
     # Announcements.
 
     def _on_announce(self, event: AnnounceRequested) -> None:
+        if event.peer is not self._voice:
+            # Only Home Assistant, which subscribed to the voice assistant, may make the satellite speak.
+            log.warning("satellite: refused an announcement from %s, which did not subscribe", event.peer.address)
+            event.peer.send(api_pb2.VoiceAssistantAnnounceFinished(success=False))
+            return
         if self.state is not State.IDLE or self._playback is not None:
             log.info("satellite: announcement refused while %s", self.state.value)
             event.peer.send(api_pb2.VoiceAssistantAnnounceFinished(success=False))
@@ -567,21 +563,32 @@ class Satellite:
         self._post(PlaybackEnded(playback_id, success))
 
     async def _play_url(self, playback_id: int, url: str) -> bool:
-        """Fetch audio and play it to its end; False, with one log line, if it cannot."""
+        """Fetch audio and play it a second at a time, a few seconds ahead of the speaker, so memory stays flat
+        however long it is; False, with one log line, if it cannot be fetched, decoded or played, or is too long."""
+        queued_s = 0.0
         try:
-            audio = await fetch_audio(url)
+            async with contextlib.aclosing(audio_blocks(url, self.config.max_announcement_s)) as blocks:
+                async for chunk in blocks:
+                    if queued_s == 0.0:
+                        self.sink.start(lambda heard_at: self._post(PlaybackStarted(playback_id, heard_at)))
+                    await self.sink.play(chunk)
+                    queued_s += chunk.seconds
+                    ahead_s = queued_s - self.sink.heard_s
+                    if ahead_s > PLAY_AHEAD_S:
+                        await asyncio.sleep(ahead_s - PLAY_AHEAD_S)  # The speaker plays in real time.
+            await self.sink.drain()
+        except TooLong as error:
+            await self.sink.drain()
+            log.warning("satellite: played %.0f s of %s and stopped: %s", queued_s, url[:200], error)
+            return False
         except (httpx.HTTPError, PeerError) as error:
             log.warning("satellite: cannot fetch %s: %s", url[:200], error)
             return False
-        try:
-            self.sink.start(lambda heard_at: self._post(PlaybackStarted(playback_id, heard_at)))
-            await self.sink.play(audio)
-            await self.sink.drain()
         except VoicebotError as error:
             log.error("satellite: cannot play the answer: %s", error)
             return False
-        self.tracer.emit("satellite_played", seconds=round(audio.seconds, 3))
-        log.info("satellite: played %.1f s from %s", audio.seconds, url[:200])
+        self.tracer.emit("satellite_played", seconds=round(queued_s, 3))
+        log.info("satellite: played %.1f s from %s", queued_s, url[:200])
         return True
 
     # The local pipeline.
@@ -592,9 +599,3 @@ class Satellite:
             return
         task.result()  # An error in the last local turn is raised here.
         log.info("satellite: the input ended; still serving announcements")
-
-
-async def _cancelled(task: asyncio.Task) -> None:
-    """Cancel `task` and wait until it has ended."""
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Mapping
 
 from aioesphomeapi.model import VoiceAssistantEventType, VoiceAssistantTimerEventType
 
-from voicebot.audio import AudioChunk
+from voicebot.listen import Heard, InputEnded, SourceFailed
 from voicebot.pipeline import State as PipelineState
 
 if TYPE_CHECKING:
-    from voicebot.satellite.api import Peer
+    from voicebot.satellite.frames import Peer
 
 
 class State(enum.Enum):
@@ -24,25 +24,6 @@ class State(enum.Enum):
     RESPONDING = "responding"  # Home Assistant's pipeline runs, or its answer plays
     ANNOUNCING = "announcing"
     RINGING = "ringing"  # a timer Home Assistant kept for this satellite has ended
-
-
-@dataclass(frozen=True)
-class Heard:
-    """80 ms of microphone audio."""
-
-    chunk: AudioChunk
-
-
-@dataclass(frozen=True)
-class InputEnded:
-    """The source has no more audio (a file came to its end)."""
-
-
-@dataclass(frozen=True)
-class SourceFailed:
-    """The microphone failed."""
-
-    error: BaseException
 
 
 @dataclass(frozen=True)

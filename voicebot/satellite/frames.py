@@ -211,3 +211,28 @@ async def open_frames(
         raise PeerError(f"a first byte 0x{first[0]:02x}, neither of the API's preambles")
     async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
         return await NoiseFrames.handshake(reader, writer, psk, name, mac), None
+
+
+MAX_WRITE_BUFFER_BYTES = 1024 * 1024
+"""A client that leaves this much unread (a stalled Home Assistant while the microphone streams) is dropped."""
+
+
+class Peer:
+    """One connection: Home Assistant (or another client) as the ESPHome API sees it."""
+
+    def __init__(self, writer: asyncio.StreamWriter, frames, address: str) -> None:
+        self.writer = writer
+        self.frames = frames
+        self.address = address
+        self.subscribed = False
+        """Whether it subscribed to the voice assistant, as Home Assistant does: such a peer is never evicted."""
+
+    def send(self, *messages: protobuf.Message) -> None:
+        """Queue messages; a client that does not read is dropped rather than buffered without end."""
+        if self.writer.is_closing():
+            return
+        for msg in messages:
+            self.writer.write(self.frames.encode(MESSAGE_TYPE_OF[type(msg)], msg.SerializeToString()))
+        if self.writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER_BYTES:
+            log.warning("satellite: %s reads too slowly; dropping it", self.address)
+            self.writer.transport.abort()
