@@ -22,6 +22,12 @@ const ui = {
   question: byId("question"),
   send: byId("send"),
   stop: byId("stop"),
+  panel: byId("panel"),
+  timers: byId("timers"),
+  noTimers: byId("no-timers"),
+  lists: byId("lists"),
+  panelNote: byId("panel-note"),
+  timerNews: byId("timer-news"),
 };
 
 let history = loadHistory();
@@ -265,6 +271,7 @@ async function useToken(event) {
   ui.tokenForm.hidden = true;
   hideError();
   ui.question.focus();
+  refreshPanel();
 }
 
 // Asking: the whole history goes with each question; the answer streams back as server-sent events.
@@ -363,6 +370,7 @@ async function ask(text) {
     answer.removeAttribute("aria-busy");
     running = null;
     setBusy(false);
+    refreshPanel(); // The answer may have set a timer or changed a list.
   }
   if (asked !== conversation) return;
 
@@ -396,6 +404,248 @@ async function checkHealth() {
   }
 }
 
+// The panel: the running timers and alarms with a live countdown, and the lists, from /v1/timers and /v1/lists.
+// It is read on load, after each answer and every few seconds while the page is visible (timers set by voice
+// appear too). The countdown runs on the server's clock: its `now`, carried forward by this page's monotonic
+// clock, so a browser whose clock is wrong still counts down to the right moment.
+
+const PANEL_POLL_MS = 5000;
+const DONE_SHOWN_S = 60; // A timer that ended stays, as "done", this long; the server forgets it when it rings.
+const DONE_ITEMS_SHOWN = 5;
+const LIST_TITLES = { shopping: "Shopping list", todo: "To-do list" };
+
+const panel = {
+  off: false, // The server keeps no timers or lists (404): the panel stays hidden.
+  clock: null, // { now, at }: the server's time, and performance.now() when it was read.
+  timers: [],
+  shownTimers: "",
+  shownLists: "",
+  poll: 0,
+  tick: 0,
+  loading: false,
+  again: false,
+};
+
+function serverNow() {
+  return panel.clock.now + (performance.now() - panel.clock.at) / 1000;
+}
+
+async function panelGet(path) {
+  const sent = performance.now();
+  const response = await fetch(path, { headers: authHeaders(), cache: "no-store" });
+  const at = (sent + performance.now()) / 2; // The server read its clock about halfway.
+  if (!response.ok) throw await serverError(response);
+  return { body: await response.json(), at };
+}
+
+async function refreshPanel() {
+  if (panel.off) return;
+  if (panel.loading) {
+    panel.again = true; // One more read when this one ends, so a change just made is never missed.
+    return;
+  }
+  panel.loading = true;
+  clearTimeout(panel.poll);
+  try {
+    const [timers, lists] = await Promise.all([panelGet("/v1/timers"), panelGet("/v1/lists")]);
+    if (typeof timers.body?.now !== "number" || !Array.isArray(timers.body.timers) || !isObject(lists.body?.lists)) {
+      throw new SyntaxError("not timers and lists");
+    }
+    panel.clock = { now: timers.body.now, at: timers.at };
+    showTimers(timers.body.timers.filter(isTimer));
+    showLists(lists.body.lists);
+    ui.panelNote.hidden = true;
+    // On a phone an empty panel is not shown: the conversation has the room.
+    ui.panel.toggleAttribute("data-empty", !ui.timers.children.length && !ui.lists.querySelector("li.open"));
+    ui.panel.hidden = false;
+  } catch (error) {
+    if (error.status === 404) {
+      panel.off = true; // An older voicebot, or intents.enabled: false.
+      ui.panel.hidden = true;
+      clearTimeout(panel.tick);
+    } else if (error.status === 401) {
+      // The chat asks for the token; the panel reads again once one is given (useToken).
+      panel.again = false;
+      return;
+    } else {
+      // fetch fails with a TypeError when the server cannot be reached; a body that is not theirs is a SyntaxError.
+      ui.panelNote.textContent =
+        error instanceof ServerError
+          ? `Timers and lists not updated (error ${error.status}).`
+          : error instanceof TypeError
+            ? "Timers and lists not updated: voicebot cannot be reached."
+            : "Timers and lists not updated.";
+      ui.panelNote.hidden = false;
+    }
+  } finally {
+    panel.loading = false;
+  }
+  if (panel.again) {
+    panel.again = false;
+    return refreshPanel();
+  }
+  schedulePanel();
+}
+
+function schedulePanel() {
+  clearTimeout(panel.poll);
+  if (!panel.off && !document.hidden) panel.poll = setTimeout(refreshPanel, PANEL_POLL_MS);
+}
+
+function isObject(value) {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+function isTimer(timer) {
+  return (
+    isObject(timer) &&
+    (typeof timer.ends_at === "number" || timer.ends_at === null) &&
+    typeof timer.left_s === "number" &&
+    typeof timer.duration_s === "number"
+  );
+}
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// 3725 s: "1:02:05"; 299 s: "04:59". Rounded up, as a kitchen timer shows it: 0.3 s left is still "00:01".
+function clockText(seconds) {
+  const whole = Math.max(0, Math.ceil(seconds - 1e-3));
+  const two = (n) => String(n).padStart(2, "0");
+  const hours = Math.floor(whole / 3600);
+  const rest = `${two(Math.floor((whole % 3600) / 60))}:${two(whole % 60)}`;
+  return hours ? `${hours}:${rest}` : rest;
+}
+
+// 300 s: "5 min"; 5400 s: "1 h 30 min".
+function durationText(seconds) {
+  const whole = Math.round(seconds);
+  const parts = [[Math.floor(whole / 3600), "h"], [Math.floor((whole % 3600) / 60), "min"], [whole % 60, "s"]];
+  return parts.filter(([n]) => n).map(([n, unit]) => `${n} ${unit}`).join(" ") || "0 s";
+}
+
+// What a timer is called on the page, and what it was set for when it has a name of its own.
+function timerTitle(timer) {
+  const setFor =
+    timer.kind === "alarm" ? `Alarm ${timer.alarm_at ?? ""}`.trim() : `${durationText(timer.duration_s)} timer`;
+  return typeof timer.name === "string" && timer.name ? [timer.name, setFor] : [setFor, ""];
+}
+
+function showTimers(fresh) {
+  // The server forgets a timer once it rings: keep it here as "done" for a while. One gone before its end
+  // was cancelled, and goes at once.
+  const now = serverNow();
+  const ids = new Set(fresh.map((timer) => timer.id));
+  const ended = panel.timers.filter(
+    (t) => !ids.has(t.id) && t.ends_at !== null && t.ends_at <= now + 1 && now - t.ends_at < DONE_SHOWN_S,
+  );
+  const soonest = (a, b) => (a.ends_at ?? Infinity) - (b.ends_at ?? Infinity) || a.id - b.id;
+  panel.timers = [...fresh, ...ended].sort(soonest);
+  // What the rows show; a running timer's left_s changes with every read and is not drawn from.
+  const shown = JSON.stringify(panel.timers.map(({ left_s, ...t }) => (t.paused ? { ...t, left_s } : t)));
+  if (shown !== panel.shownTimers) {
+    panel.shownTimers = shown;
+    const states = new Map([...ui.timers.children].map((row) => [row.timer.id, row.dataset.state]));
+    ui.timers.replaceChildren(...panel.timers.map((timer) => timerRow(timer, states.get(timer.id))));
+    ui.noTimers.hidden = panel.timers.length > 0;
+  }
+  tick();
+}
+
+function timerRow(timer, state) {
+  const row = element("li", "timer");
+  const [title, setFor] = timerTitle(timer);
+  const name = element("span", "timer-name", title);
+  if (setFor) name.append(element("span", "timer-for", setFor));
+  const left = element("span", "timer-left");
+  left.setAttribute("role", "timer"); // Implicitly aria-live off: read when visited, never every second.
+  const tag = element("span", "timer-tag");
+  row.append(name, left, tag);
+  row.timer = timer;
+  if (state) row.dataset.state = state;
+  return row;
+}
+
+// Updates each countdown, and sleeps until the next one changes its second.
+function tick() {
+  clearTimeout(panel.tick);
+  if (!panel.clock) return;
+  const now = serverNow();
+  let next = Infinity;
+  for (const row of ui.timers.children) {
+    const timer = row.timer;
+    let state, text;
+    if (timer.ends_at === null) {
+      [state, text] = ["paused", clockText(timer.left_s)];
+    } else if (timer.ends_at - now > 1e-3) {
+      const left = timer.ends_at - now;
+      [state, text] = ["running", clockText(left)];
+      next = Math.min(next, left - Math.ceil(left - 1e-3) + 1);
+    } else {
+      [state, text] = ["done", "done"];
+      if (row.dataset.state === "running") ui.timerNews.textContent = `${timerTitle(timer)[0]} is done.`;
+    }
+    row.dataset.state = state;
+    const left = row.querySelector(".timer-left");
+    if (left.textContent !== text) left.textContent = text;
+    const tag = row.querySelector(".timer-tag");
+    const tagText = state === "paused" ? "paused" : "";
+    if (tag.textContent !== tagText) tag.textContent = tagText;
+  }
+  if (next !== Infinity && !document.hidden) panel.tick = setTimeout(tick, next * 1000 + 20);
+}
+
+function showLists(lists) {
+  const shown = JSON.stringify(lists);
+  if (shown === panel.shownLists) return;
+  panel.shownLists = shown;
+  // The shopping list always; any other list while it has something to do.
+  const keys = Object.keys(lists).filter(
+    (key) => Array.isArray(lists[key]) && (key === "shopping" || lists[key].some((item) => item && !item.done)),
+  );
+  keys.sort((a, b) => (a === "shopping" ? -1 : b === "shopping" ? 1 : a === "todo" ? -1 : b === "todo" ? 1 : 0));
+  ui.lists.replaceChildren(...keys.map((key, index) => listPart(key, lists[key], index)));
+}
+
+function listPart(key, items, index) {
+  const part = element("section", "panel-part list");
+  part.dataset.list = key;
+  const title = element("h3", "", LIST_TITLES[key] ?? `${key.charAt(0).toUpperCase()}${key.slice(1)} list`);
+  title.id = `list-title-${index}`;
+  part.setAttribute("aria-labelledby", title.id);
+  const valid = items.filter((item) => isObject(item) && typeof item.text === "string");
+  const open = valid.filter((item) => !item.done);
+  const done = valid.filter((item) => item.done).slice(-DONE_ITEMS_SHOWN);
+  part.append(title);
+  if (!open.length && !done.length) {
+    part.append(element("p", "panel-empty", "Nothing on it."));
+    return part;
+  }
+  const list = element("ul", "items");
+  for (const item of open) list.append(element("li", "open", item.text));
+  for (const item of done) {
+    const entry = element("li", "done", item.text);
+    entry.append(element("span", "visually-hidden", " (done)"));
+    list.append(entry);
+  }
+  part.append(list);
+  return part;
+}
+
+document.addEventListener("visibilitychange", () => {
+  if (document.hidden) {
+    clearTimeout(panel.poll);
+    clearTimeout(panel.tick);
+  } else {
+    tick();
+    refreshPanel();
+  }
+});
+
 function growQuestion() {
   ui.question.style.height = "auto";
   ui.question.style.height = `${Math.min(ui.question.scrollHeight, 200)}px`;
@@ -424,4 +674,5 @@ ui.speak.addEventListener("change", () => localStorage.setItem(SPEAK_KEY, ui.spe
 
 showHistory();
 checkHealth();
+refreshPanel();
 ui.question.focus();
