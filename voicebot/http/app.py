@@ -118,6 +118,7 @@ class ChatApi:
                 "uptime_s": round(time.monotonic() - self.started, 1),
                 "auth_required": bool(self.http.token),
                 "can_speak": self.voice is not None and self.voice.speak is not None,
+                "intents": self.intents is not None and self.intents.config.enabled,
                 "kv_cache": {"saves": llm.kv_saves, "restores": llm.kv_restores, "slots": llm.kv_slots},
             }
         )

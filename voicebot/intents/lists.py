@@ -35,9 +35,9 @@ class ListBook:
             self.names.setdefault(name.strip().lower(), (name.strip().lower(),))
         self.lists: dict[str, list[ListItem]] = {key: [] for key in self.names}
 
-    def spoken_names(self) -> list[str]:
-        """Every name a list may be called by (the slot list the matcher uses)."""
-        return [name for names in self.names.values() for name in names]
+    def spoken_names(self, but: str | None = None) -> list[str]:
+        """Every name a list may be called by (the slot list the matcher uses), but those of list `but`."""
+        return [name for key, names in self.names.items() if key != but for name in names]
 
     def key_of(self, spoken: str | None) -> str:
         """The list a spoken name means (the shopping list when none is named); Refusal for an unknown one."""

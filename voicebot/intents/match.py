@@ -75,10 +75,16 @@ def normalise(text: str) -> str:
 class IntentMatcher:
     """Compiled sentences per language, matched in order: the user's, voicebot's, then Home Assistant's."""
 
-    def __init__(self, custom_sentences: Path | None = None, list_names: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        custom_sentences: Path | None = None,
+        list_names: list[str] | None = None,
+        other_lists: list[str] | None = None,
+    ) -> None:
         self._stages: dict[str, list[tuple[str, Any]]] = {}
         self._slot_lists: dict[str, dict[str, Any]] = {}
         self._list_names = list_names or []
+        self._other_lists = other_lists or []
         self._custom_sentences = custom_sentences
         for language in HA_LANGUAGE:
             self._compile(language)
@@ -106,6 +112,8 @@ class IntentMatcher:
             "floor": TextSlotList.from_strings(("upstairs", "downstairs", "楼上", "楼下"), name="floor"),
             "name": TextSlotList.from_strings(self._list_names or ["shopping list"], name="name"),
             "list_name": TextSlotList.from_strings(self._list_names or ["shopping list"], name="list_name"),
+            # The shopping list has Home Assistant's own intents; the generic list sentences name the others.
+            "other_list": TextSlotList.from_strings(self._other_lists or ["to-do list"], name="other_list"),
         }
 
     def _custom_data(self, language: str) -> dict[str, Any] | None:

@@ -98,7 +98,7 @@ class IntentService:
         self._lock_file: int | None = None
         self.saving = self._take_ownership(folder)
         custom = Path(config.custom_sentences).expanduser() if config.custom_sentences else None
-        self.matcher = IntentMatcher(custom, self.lists.spoken_names())
+        self.matcher = IntentMatcher(custom, self.lists.spoken_names(), self.lists.spoken_names(but="shopping"))
         self._changed: asyncio.Event | None = None
         self._missed: list[Ring] = []
         self._load()

@@ -397,6 +397,7 @@ async function checkHealth() {
     model = health.model || model;
     ui.model.textContent = health.model || "";
     ui.speakOption.hidden = !health.can_speak;
+    if (health.intents === false) panel.off = true; // No timers or lists kept here: the panel is not shown.
     const token = localStorage.getItem(TOKEN_KEY);
     if (health.auth_required && !(token && (await tokenAccepted(token)))) askForToken();
   } catch (error) {
@@ -673,6 +674,5 @@ ui.speak.checked = localStorage.getItem(SPEAK_KEY) === "1";
 ui.speak.addEventListener("change", () => localStorage.setItem(SPEAK_KEY, ui.speak.checked ? "1" : "0"));
 
 showHistory();
-checkHealth();
-refreshPanel();
+checkHealth().then(refreshPanel); // Health first: it says whether there are timers and lists to show.
 ui.question.focus();
