@@ -101,6 +101,13 @@ class AsrConfig:
     language: Optional[Literal["en", "zh", "auto"]] = None
     """Spoken language: en, zh, or auto to detect it for each question (multilingual Whisper);
     null for the profile's default: auto on pi, en on bundled."""
+    chinese_script: Literal["simplified", "traditional", "as_heard"] = "simplified"
+    """The script Chinese transcripts are written in, converted with OpenCC before anything else sees
+    them: simplified (Mainland), traditional, or as_heard (as Whisper wrote it, often traditional)."""
+    window_s: Union[Literal["auto"], float] = setting("auto", min=10.0, max=30.0)
+    """Seconds of audio Whisper's encoder sees per question: auto for the utterance with 2 s of silence
+    after it, but at least 10 s (shorter windows made Whisper repeat itself, docs/models.md); a
+    number for at least that many; 30 is Whisper's own window, always, and the slowest."""
     beam_size: int = setting(1, min=1, max=10)
     """Beam search width; 1 (greedy) is fastest."""
     no_speech_prob_max: float = setting(0.6, min=0.0, max=1.0)

