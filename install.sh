@@ -28,7 +28,8 @@ Install voicebot, the offline voice assistant, with its models, and check that e
 As root (sudo ./install.sh), a system install:
   /opt/voicebot               the Python venv; the command is /opt/voicebot/bin/voicebot
                               (linked from /usr/local/bin/voicebot)
-  /etc/voicebot/voicebot.yaml the config (an edited one is never overwritten: a newer default
+  /etc/voicebot/voicebot.yaml the config, readable by root and the group voicebot only, as it may
+                              hold secrets (an edited one is never overwritten: a newer default
                               goes beside it as voicebot.yaml.new)
   /var/lib/voicebot/models    the pi profile's models, owned by the service's user
   voicebot.service            a system service running as the system user `voicebot` (group audio),
@@ -429,10 +430,25 @@ awk -v profile="$profile" -v dir="$models_dir" '
 "${voicebot[@]}" config --config "$default_config" >/dev/null ||
   die "the default config made from config/voicebot.yaml does not load (the line above says why)"
 
+# The config may hold secrets (http.token, satellite.encryption_key, llm.api_key): only root and the user voicebot
+# runs as may read it; a --prefix install's, only the user who installed it.
+if [ "$mode" = prefix ]; then
+  config_owner="$me:" config_mode=600 config_readers="$me"
+elif [ -n "$user_session" ]; then
+  config_owner="$user_session:" config_mode=600 config_readers="root and $user_session"
+else
+  config_owner="root:$SERVICE_USER" config_mode=640 config_readers="root and the $SERVICE_USER group"
+fi
+protect_config() {
+  chown "$config_owner" "$1"
+  chmod "$config_mode" "$1"
+}
+
 installed_config=0
 mkdir -p "$(dirname "$config")" "$(dirname "$record")"
 if [ ! -e "$config" ]; then
-  install -m 0644 "$default_config" "$config"
+  install -m "$config_mode" "$default_config" "$config"
+  protect_config "$config"
   installed_config=1
   done_ "installed the config $config (profile $profile, models in $models_dir)"
 elif cmp -s "$default_config" "$config"; then
@@ -440,8 +456,14 @@ elif cmp -s "$default_config" "$config"; then
 elif [ -f "$record" ] && cmp -s "$default_config" "$record"; then
   say "kept $config as it is: it differs from the default, which has not changed since the last install"
 else
-  install -m 0644 "$default_config" "$config.new"
+  install -m "$config_mode" "$default_config" "$config.new"
+  protect_config "$config.new"
   note "kept your $config; the new default is beside it: $config.new (compare: diff -u $config $config.new)"
+fi
+config_access="$(stat -c '%a %U:%G' "$config")"
+protect_config "$config"
+if [ "$(stat -c '%a %U:%G' "$config")" != "$config_access" ]; then
+  done_ "made $config readable by $config_readers only, as it may hold secrets (it was $config_access)"
 fi
 install -m 0644 "$default_config" "$record"
 "${voicebot[@]}" config --config "$config" >/dev/null ||
@@ -495,6 +517,7 @@ else
     die "voicebot models fetch failed (exit $fetch_code; the line above says why)"
   fi
 fi
+protect_config "$config" # sed -i above wrote a new file
 
 # The documentation.
 

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import time
 import typing
 from pathlib import Path
 
@@ -501,3 +502,63 @@ def test_cli_config_error_exits_78_with_one_line_on_stderr(tmp_path, text, fragm
 def test_the_spoken_language_defaults_by_profile(raw, language):
     # pi has the multilingual Whisper, so it detects the language; bundled defaults to fast English-only tiny.en.
     assert config_from_dict(raw).asr.language == language
+
+
+# --- Hostile files (issue 17) ----------------------------------------------------------------
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """The billion laughs under wake.models: each level a list of nine of the level below, in a few hundred bytes;
+    each anchor is defined inside the first item of the next level, as in the bomb the issue found."""
+    nested = "&a1 [lol,lol,lol,lol,lol,lol,lol,lol,lol]"
+    for level in range(2, levels + 1):
+        nested = f"&a{level} [{nested}," + ",".join([f"*a{level - 1}"] * 8) + "]"
+    return f"wake:\n  models: {nested}\n"
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path):
+    import tracemalloc
+
+    text = alias_bomb()
+    assert len(text) < 400  # 364 bytes in the issue; written out, 9**9 values.
+    path = write(tmp_path, text)
+
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        message = config_error(path)
+        took = time.monotonic() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert message.startswith(f"config error in {path}, line 2, column ")
+    assert "invalid YAML: its aliases expand to more than 10000 values" in message, message
+    assert len(message) < 300 and took < 2 and peak < 20_000_000, (len(message), took, peak)
+
+
+def test_aliases_in_an_override_are_bounded_too(tmp_path):
+    bomb = alias_bomb().split("models: ", 1)[1].strip()
+    message = config_error(overrides=[f"wake.models={bomb}"])
+    assert "its aliases expand to more than 10000 values" in message and len(message) < 400, message
+
+
+def test_a_value_that_contains_itself_is_refused(tmp_path):
+    message = config_error(write(tmp_path, "wake:\n  models: &loop [*loop]\n"))
+    assert "an alias inside the value it names" in message, message
+
+
+def test_a_long_bad_value_is_quoted_cut_short(tmp_path):
+    long_text = config_error(write(tmp_path, "vad:\n  hangover_s: " + "x" * 100_000 + "\n"))
+    many_items = config_error(write(tmp_path, "wake:\n  models: [" + ", ".join(["[1]"] * 20_000) + "]\n"))
+    long_key = config_error(write(tmp_path, "vad:\n  ? " + "k" * 100_000 + "\n  : 1\n"))
+
+    for message in (long_text, many_items, long_key):
+        assert len(message) < 400 and "... (cut)" in message, message[:500]
+    assert "vad.hangover_s: got 'xxxxxxxx" in long_text and "expected a number from 0.1 to 5" in long_text
+    assert "wake.models: got [[1], [1]," in many_items
+
+
+def test_a_number_too_long_to_read_is_a_one_line_error(tmp_path):
+    message = config_error(write(tmp_path, "llm:\n  seed: " + "1" * 5000 + "\n"))
+    assert "a number of more than 4300 digits" in message and len(message) < 200, message

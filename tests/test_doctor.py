@@ -213,3 +213,38 @@ def test_a_satellite_on_the_lan_without_encryption_is_a_warning():
     assert encrypted.status is Status.OK and "encrypted" in encrypted.found
     assert loopback.status is Status.OK and "loopback only" in loopback.found
     assert check_satellite_exposure(config_from_dict({"profile": "bundled"})) == []
+
+
+def test_a_lan_address_without_allowed_hosts_is_a_warning(tmp_path):
+    from voicebot.tools.doctor import check_http
+
+    without = check_http(http_config(host="0.0.0.0", token="s3cret", port=1), tmp_path / "no.service")
+    named = check_http(
+        http_config(host="0.0.0.0", token="s3cret", port=1, allowed_hosts=["voicebot.local"]), tmp_path / "no.service"
+    )
+
+    [warning] = [f for f in without if "allowed_hosts" in f.found]
+    assert warning.status is Status.WARN and "http.allowed_hosts is empty" in warning.found
+    assert "set http.allowed_hosts" in warning.fix
+    assert not [f for f in named if "allowed_hosts" in f.found]
+
+
+def test_a_config_every_user_can_read_is_a_warning_when_it_holds_a_secret(tmp_path):
+    from voicebot.config import load_config
+    from voicebot.tools.doctor import check_config_secrets
+
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("profile: bundled\nsatellite:\n  encryption_key: " + "A" * 43 + "=\n", encoding="utf-8")
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("profile: bundled\n", encoding="utf-8")
+    secret.chmod(0o644)
+    plain.chmod(0o644)
+
+    [readable] = check_config_secrets(load_config(secret))
+    plain_readable = check_config_secrets(load_config(plain))
+    secret.chmod(0o640)
+    protected = check_config_secrets(load_config(secret))
+
+    assert readable.status is Status.WARN and "satellite.encryption_key" in readable.found
+    assert "mode 0644" in readable.found and "chmod 0640" in readable.fix
+    assert plain_readable == [] and protected == []

@@ -302,6 +302,7 @@ def test_health_says_what_is_loaded(server):
     assert health["models"]["llm"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert health["auth_required"] is False and health["can_speak"] is False
     assert health["uptime_s"] > 0 and health["queue_length"] == 0
+    assert health["intents"] is True  # voicebot serve keeps timers and lists; the page shows them.
 
 
 def test_the_page_and_its_files_are_served_compressed_with_a_strict_policy(server):
@@ -396,3 +397,51 @@ def test_a_port_in_use_is_a_one_line_error(server, tmp_path):
 
     assert code != 0 and f"cannot listen on http://127.0.0.1:{server.port}/" in log, log
     assert "Traceback" not in log
+
+
+@pytest.fixture
+def intents_server(tmp_path):
+    """A server of the test's own, with a token (checked on loopback too) and its own timers and lists."""
+    options = [*BUNDLED, "--set", "http.token=s3cret-token", "--set", f"intents.state_dir={tmp_path / 'state'}"]
+    process = ServerProcess("serve", options, tmp_path / "serve.log").wait_ready()
+    yield process
+    assert process.stop() == 0, process.log()
+    assert "Traceback" not in process.log(), process.log()
+
+
+def test_commands_are_answered_by_the_intent_stage_and_shown_by_their_endpoints(intents_server):
+    client = openai.OpenAI(base_url=f"{intents_server.url}v1", api_key="s3cret-token", timeout=60, max_retries=0)
+    token = {"Authorization": "Bearer s3cret-token"}
+
+    added = client.chat.completions.create(model="any", messages=ask("add milk to my shopping list"))
+    timer = client.chat.completions.create(model="any", messages=ask("set a timer for 5 minutes"), stream=True)
+    streamed = "".join(c.choices[0].delta.content or "" for c in timer if c.choices)
+    lists = httpx.get(f"{intents_server.url}v1/lists", headers=token, timeout=TIMEOUT)
+    timers = httpx.get(f"{intents_server.url}v1/timers", headers=token, timeout=TIMEOUT)
+
+    assert added.choices[0].message.content == "Added milk to your shopping list."
+    assert added.usage.completion_tokens == 0, "the LLM wrote the answer"
+    assert streamed == "Timer set for 5 minutes."
+    assert lists.status_code == 200 and lists.json()["lists"]["shopping"] == [{"text": "milk", "done": False}]
+    assert lists.headers["cache-control"] == "no-store"
+    body = timers.json()
+    assert timers.status_code == 200 and abs(body["now"] - time.time()) < 5
+    (only,) = body["timers"]
+    assert only["kind"] == "timer" and only["name"] is None and only["duration_s"] == 300 and not only["paused"]
+    assert 290 < only["left_s"] <= 300 and abs(only["ends_at"] - body["now"] - only["left_s"]) < 0.5
+    assert only["alarm_at"] is None
+
+
+def test_the_timers_and_lists_need_the_token_and_the_same_origin(intents_server):
+    token = {"Authorization": "Bearer s3cret-token"}
+    for path in ("v1/timers", "v1/lists"):
+        url = f"{intents_server.url}{path}"
+        missing = httpx.get(url, timeout=TIMEOUT)
+        wrong = httpx.get(url, headers={"Authorization": "Bearer s3cret-tokeN"}, timeout=TIMEOUT)
+        foreign = httpx.get(url, headers={**token, "Origin": "http://evil.example"}, timeout=TIMEOUT)
+        same_origin = httpx.get(url, headers={**token, "Origin": intents_server.url.rstrip("/")}, timeout=TIMEOUT)
+
+        assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key", path
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key", path
+        assert foreign.status_code == 403 and foreign.json()["error"]["code"] == "origin_not_allowed", path
+        assert same_origin.status_code == 200, path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -238,3 +239,23 @@ def test_shellcheck_finds_nothing():
     result = subprocess.run(["shellcheck", str(INSTALL_SH)], capture_output=True, text=True, timeout=60)
 
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_the_config_may_hold_secrets_so_only_the_installing_user_reads_it(installed):
+    """A --prefix install's config (and a newer default beside it) is 0600, the installing user's; a system install
+    gives /etc/voicebot/voicebot.yaml to root:voicebot, 0640 (the same code in install.sh, by mode)."""
+    configs = [installed.config, *installed.config.parent.glob("voicebot.yaml.new")]
+    for path in configs:
+        status = path.stat()
+        assert (oct(status.st_mode & 0o777), status.st_uid) == (oct(0o600), os.getuid()), path
+
+
+def test_running_it_again_makes_a_config_others_can_read_private_again(installed):
+    installed.config.chmod(0o644)
+
+    again = install(installed.prefix, "--profile", "bundled", "--no-models")
+
+    assert again.returncode == 0, tail(again.stdout)
+    assert installed.config.stat().st_mode & 0o777 == 0o600
+    me = pwd.getpwuid(os.getuid()).pw_name
+    assert f"made {installed.config} readable by {me} only, as it may hold secrets (it was 644 " in again.stdout

@@ -52,6 +52,27 @@ new MutationObserver(() => {
 }).observe(document, {subtree: true, childList: true, characterData: true, attributes: true});
 """
 
+PANEL_WAIT_MS = 2_000  # What an answer changed shows this soon: sooner than the page's own poll.
+PANEL_POLL_MS = 5_000  # The page's poll, while it is visible (PANEL_POLL_MS in app.js).
+# The browser's clock an hour behind the server's: the countdown must run on the server's clock, not this one.
+SKEWED_CLOCK = """
+(() => {
+  const RealDate = Date;
+  const SKEW_MS = -3600 * 1000;
+  class SkewedDate extends RealDate {
+    constructor(...args) { super(...(args.length ? args : [RealDate.now() + SKEW_MS])); }
+    static now() { return RealDate.now() + SKEW_MS; }
+  }
+  window.Date = SkewedDate;
+})();
+"""
+# Hides or shows the page as a switch of tabs does.
+SET_HIDDEN = """hidden => {
+  Object.defineProperty(document, "hidden", {configurable: true, get: () => hidden});
+  Object.defineProperty(document, "visibilityState", {configurable: true, get: () => hidden ? "hidden" : "visible"});
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
 
 @dataclass
 class Server:
@@ -102,6 +123,35 @@ def _start_server(log_dir: Path, *settings: str) -> Server:
     return server
 
 
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    """GET a JSON endpoint: its status and body."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def _say(server: Server, text: str) -> str:
+    """Send `text` to the API as another client would (voice on the Pi, say); the answer."""
+    body = json.dumps({"messages": [{"role": "user", "content": text}], "max_tokens": 16}).encode()
+    request = urllib.request.Request(
+        f"{server.url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)["choices"][0]["message"]["content"]
+
+
+def _seconds(clock: str) -> int:
+    """The panel's "04:58" or "1:02:03" in seconds."""
+    assert re.fullmatch(r"(\d+:)?\d\d:\d\d", clock), f"not a countdown: {clock!r}"
+    seconds = 0
+    for part in clock.split(":"):
+        seconds = seconds * 60 + int(part)
+    return seconds
+
+
 def _stop_server(server: Server) -> None:
     server.process.terminate()
     try:
@@ -119,7 +169,17 @@ def log_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def server(log_dir: Path) -> Iterator[Server]:
-    server = _start_server(log_dir, f"http.max_prompt_tokens={MAX_PROMPT_TOKENS}")
+    server = _start_server(
+        log_dir, f"http.max_prompt_tokens={MAX_PROMPT_TOKENS}", f"intents.state_dir={log_dir / 'state'}"
+    )
+    yield server
+    _stop_server(server)
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[Server]:
+    """A server of the test's own, whose timers and lists start empty and leak into no other test."""
+    server = _start_server(tmp_path, f"intents.state_dir={tmp_path / 'state'}")
     yield server
     _stop_server(server)
 
@@ -139,6 +199,8 @@ class Page:
     page: sync_api.Page
     url: str
     console_errors: list[str] = field(default_factory=list)
+    console_error_urls: list[str] = field(default_factory=list)
+    """Where each console error came from: a script, or the resource Chromium logged a failed load of."""
     requests: list[str] = field(default_factory=list)
     dialogs: list[str] = field(default_factory=list)
 
@@ -164,7 +226,13 @@ def _open(context: sync_api.BrowserContext, url: str, max_tokens: int = 48) -> P
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     chat = Page(page, url)
-    page.on("console", lambda message: message.type == "error" and chat.console_errors.append(message.text))
+
+    def on_console(message: sync_api.ConsoleMessage) -> None:
+        if message.type == "error":
+            chat.console_errors.append(message.text)
+            chat.console_error_urls.append(message.location.get("url", ""))
+
+    page.on("console", on_console)
     page.on("pageerror", lambda error: chat.console_errors.append(str(error)))
     page.on("request", lambda request: chat.requests.append(request.url))
     page.on("dialog", lambda dialog: (chat.dialogs.append(dialog.message), dialog.dismiss()))
@@ -338,13 +406,16 @@ def test_the_copy_button_copies_the_answer(server: Server, context: sync_api.Bro
     assert chat.page.evaluate("window.__clipboard.readText()") == chat.history()[-1]["content"]
 
 
-def test_a_server_with_a_token_makes_the_page_ask_for_it(log_dir: Path, browser: sync_api.Browser) -> None:
-    server = _start_server(log_dir, "http.host=127.0.0.1", f"http.token={TOKEN}")
+def test_a_server_with_a_token_makes_the_page_ask_for_it(tmp_path: Path, browser: sync_api.Browser) -> None:
+    server = _start_server(
+        tmp_path, "http.host=127.0.0.1", f"http.token={TOKEN}", f"intents.state_dir={tmp_path / 'state'}"
+    )
     context = browser.new_context()
     try:
         chat = _open(context, server.url)
         form = chat.page.locator("#token-form")
         sync_api.expect(form).to_be_visible()
+        assert chat.page.locator("#panel").is_hidden(), "the timers and lists showed before the token was given"
 
         chat.page.fill("#token", "wrong")
         chat.page.press("#token", "Enter")
@@ -355,6 +426,7 @@ def test_a_server_with_a_token_makes_the_page_ask_for_it(log_dir: Path, browser:
         chat.page.press("#token", "Enter")
         sync_api.expect(form).to_be_hidden()
         sync_api.expect(chat.page.locator("#error")).to_be_hidden()
+        sync_api.expect(chat.page.locator("#panel")).to_be_visible(timeout=PANEL_WAIT_MS)  # read with the token
         assert chat.ask("Hello!").locator(".body").inner_text().strip()
 
         chat.page.reload()
@@ -375,6 +447,174 @@ def test_a_server_with_a_token_makes_the_page_ask_for_it(log_dir: Path, browser:
         _stop_server(server)
 
 
+def test_a_timer_typed_in_the_chat_counts_down_in_the_panel(fresh_server: Server, browser: sync_api.Browser) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.add_init_script(SKEWED_CLOCK)
+    try:
+        chat = _open(context, fresh_server.url)
+        assert chat.page.evaluate("Date.now() / 1000") < time.time() - 3500, "the browser's clock was not set back"
+        sync_api.expect(chat.page.locator("#panel")).to_be_visible()
+        sync_api.expect(chat.page.locator("#no-timers")).to_be_visible()
+
+        answer = chat.ask("set a timer for 5 minutes")
+        assert answer.locator(".body").inner_text().strip() == "Timer set for 5 minutes."
+        assert "typed: intent HassStartTimer" in fresh_server.log.read_text(), "the LLM answered, not the intent stage"
+        timer = chat.page.locator("#timers .timer")
+        sync_api.expect(timer).to_have_count(1, timeout=PANEL_WAIT_MS)
+        sync_api.expect(timer.locator(".timer-name")).to_have_text("5 min timer")
+        assert chat.page.locator("#no-timers").is_hidden()
+        left = timer.filter(has_text="5 min timer").locator(".timer-left")
+        assert left.get_attribute("role") == "timer"  # Never announced as it ticks.
+        assert chat.page.locator("#timers").get_attribute("aria-live") == "off"
+
+        first, read_at = _seconds(left.inner_text()), time.monotonic()
+        status, timers = _get(f"{fresh_server.url}/v1/timers")
+        chat.page.wait_for_timeout(2_000)
+        second, elapsed = _seconds(left.inner_text()), time.monotonic() - read_at
+        print(f"countdown: {first} s, then {second} s after {elapsed:.2f} s; the server said {timers['timers']}")
+        assert status == 200 and len(timers["timers"]) == 1
+        assert 295 <= first <= 300, f"a 5-minute timer showed {first} s left"
+        assert abs(first - timers["timers"][0]["left_s"]) <= 2, "the page and the server disagree on the time left"
+        assert second < first, "the countdown did not go down"
+        assert abs((first - second) - elapsed) <= 1.2, f"{first - second} s counted down in {elapsed:.2f} s"
+
+        # One that reaches zero shows "done", and says so once to a screen reader.
+        chat.ask("set a timer for 3 seconds")
+        short = timer.filter(has_text="3 s timer")
+        sync_api.expect(short).to_have_count(1, timeout=PANEL_WAIT_MS)
+        sync_api.expect(short.locator(".timer-left")).to_have_text("done", timeout=6_000)
+        sync_api.expect(chat.page.locator("#timer-news")).to_have_text("3 s timer is done.")
+        assert _seconds(left.inner_text()) < second, "the first timer stopped counting"
+        assert chat.console_errors == []
+        assert all(url.startswith(f"{fresh_server.url}/") for url in chat.requests), chat.requests
+    finally:
+        context.close()
+
+
+def test_the_shopping_list_shows_what_the_chat_and_others_add(
+    fresh_server: Server, context: sync_api.BrowserContext
+) -> None:
+    chat = _open(context, fresh_server.url)
+    shopping = chat.page.locator("#panel .list[data-list=shopping]")
+    sync_api.expect(shopping.locator(".panel-empty")).to_be_visible()
+    assert chat.page.locator("#panel .list[data-list=todo]").count() == 0, "an empty to-do list was shown"
+
+    answer = chat.ask("add milk to my shopping list")
+    assert answer.locator(".body").inner_text().strip() == "Added milk to your shopping list."
+    assert "typed: intent HassShoppingListAddItem" in fresh_server.log.read_text()
+    items = shopping.locator("li.open")
+    sync_api.expect(items).to_have_text(["milk"], timeout=PANEL_WAIT_MS)
+
+    # Added elsewhere (by voice on the Pi; here by another client of the API): the page's poll finds it, as text.
+    markup = "<img src=x onerror=window.__xss=1>"
+    assert _say(fresh_server, f"add {markup} to my shopping list") == f"Added {markup} to your shopping list."
+    sync_api.expect(items).to_have_text(["milk", markup], timeout=PANEL_POLL_MS + 3_000)
+    assert chat.page.locator("#panel img").count() == 0 and chat.page.evaluate("window.__xss") is None
+
+    # A hidden page does not poll; shown again, it reads at once.
+    chat.page.evaluate(SET_HIDDEN, True)
+    asked = len(chat.requests)
+    _say(fresh_server, "add bread to my shopping list")
+    chat.page.wait_for_timeout(PANEL_POLL_MS + 1_500)
+    assert [url for url in chat.requests[asked:] if "/v1/" in url] == [], "the hidden page went on polling"
+    chat.page.evaluate(SET_HIDDEN, False)
+    sync_api.expect(items).to_have_text(["milk", markup, "bread"], timeout=PANEL_WAIT_MS)
+
+    chat.ask("check off milk on my shopping list")
+    sync_api.expect(shopping.locator("li.done")).to_have_text(["milk (done)"], timeout=PANEL_WAIT_MS)
+    sync_api.expect(items).to_have_text([markup, "bread"])
+    assert shopping.locator("li.done").evaluate("e => getComputedStyle(e).textDecorationLine") == "line-through"
+    assert chat.page.locator("#panel-note").is_hidden() and chat.page.locator("#error").is_hidden()
+    assert chat.console_errors == []
+
+
+def test_the_panel_shows_alarms_paused_timers_and_a_to_do_list_with_items(
+    tmp_path: Path, browser: sync_api.Browser
+) -> None:
+    # English sentences cannot add to the to-do list yet (Home Assistant's need a to-do entity): start with one.
+    state = tmp_path / "state"
+    state.mkdir()
+    todo = [{"text": "call the plumber", "done": False}, {"text": "water the plants", "done": True}]
+    (state / "state.json").write_text(json.dumps({"version": 1, "lists": {"todo": todo}}))
+    server = _start_server(tmp_path, f"intents.state_dir={state}")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        assert _say(server, "set an alarm for 7:30 am").startswith("Alarm set for 7:30 AM")
+        assert _say(server, "set a 10 minute pasta timer") == "Pasta timer set for 10 minutes."
+        assert "paused" in _say(server, "pause the pasta timer").lower()
+        chat = _open(context, server.url)
+        timers = chat.page.locator("#timers .timer")
+        sync_api.expect(timers).to_have_count(2)
+        alarm, pasta = timers.filter(has_text="Alarm 07:30"), timers.filter(has_text="pasta")
+        sync_api.expect(pasta.locator(".timer-for")).to_have_text("10 min timer")
+        sync_api.expect(pasta.locator(".timer-tag")).to_have_text("paused")
+        paused_left = pasta.locator(".timer-left").inner_text()
+        assert 590 <= _seconds(paused_left) <= 600, paused_left
+        _, view = _get(f"{server.url}/v1/timers")
+        alarm_left = next(t["left_s"] for t in view["timers"] if t["kind"] == "alarm")
+        assert abs(_seconds(alarm.locator(".timer-left").inner_text()) - alarm_left) <= 2
+        assert timers.nth(0).inner_text().startswith("Alarm 07:30"), "the running alarm is not above the paused timer"
+        chat.page.wait_for_timeout(1_500)
+        assert pasta.locator(".timer-left").inner_text() == paused_left, "a paused timer counted down"
+
+        to_do = chat.page.locator("#panel .list[data-list=todo]")
+        sync_api.expect(to_do.locator("h3")).to_have_text("To-do list")
+        assert to_do.locator("li.open").all_inner_texts() == ["call the plumber"]
+        sync_api.expect(to_do.locator("li.done")).to_have_text(["water the plants (done)"])
+        assert chat.console_errors == []
+    finally:
+        context.close()
+        _stop_server(server)
+
+
+def test_a_panel_that_cannot_be_read_says_so_quietly_and_the_chat_goes_on(
+    server: Server, context: sync_api.BrowserContext
+) -> None:
+    chat = _open(context, server.url)
+    note = chat.page.locator("#panel-note")
+    sync_api.expect(chat.page.locator("#panel")).to_be_visible()
+    assert note.is_hidden()
+
+    def failing(route: sync_api.Route) -> None:
+        route.fulfill(status=500, json={"error": {"message": "broken", "type": "server_error"}})
+
+    chat.page.route("**/v1/timers", failing)
+    assert chat.ask("what time is it").locator(".body").inner_text().startswith("It's ")
+    sync_api.expect(note).to_have_text("Timers and lists not updated (error 500).", timeout=PANEL_WAIT_MS)
+    chat.page.unroute("**/v1/timers", failing)
+    chat.page.route("**/v1/lists", lambda route: route.abort("internetdisconnected"))
+    chat.ask("what time is it")
+    sync_api.expect(note).to_have_text("Timers and lists not updated: voicebot cannot be reached.")
+    assert chat.page.locator("#error").is_hidden(), "a failed read of the panel showed in the chat"
+    chat.page.unroute("**/v1/lists")
+    chat.ask("what time is it")
+    sync_api.expect(note).to_be_hidden(timeout=PANEL_WAIT_MS)
+    assert chat.page.locator("#panel").is_visible() and chat.page.locator("#error").is_hidden()
+
+
+def test_the_panel_stays_hidden_when_intents_are_off(tmp_path: Path, browser: sync_api.Browser) -> None:
+    server = _start_server(tmp_path, "intents.enabled=false", f"intents.state_dir={tmp_path / 'state'}")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        for path in ("/v1/timers", "/v1/lists"):
+            status, body = _get(f"{server.url}{path}")
+            assert status == 404 and "intents.enabled" in body["error"]["message"], (path, status, body)
+        chat = _open(context, server.url)
+        assert chat.ask("set a timer for 5 minutes").locator(".body").inner_text().strip()
+        assert "typed: intent" not in server.log.read_text(), "the intent stage answered with intents off"
+        chat.page.wait_for_timeout(500)  # Time for a read of the panel after the answer, had there been one.
+        assert chat.page.locator("#panel").is_hidden()
+        # /health says intents are off, so the page never asks for what is not there.
+        assert _get(f"{server.url}/health")[1]["intents"] is False
+        asked = [url for url in chat.requests if "/v1/timers" in url or "/v1/lists" in url]
+        assert asked == [], asked
+        assert chat.page.locator("#error").is_hidden()
+        assert chat.console_errors == []
+    finally:
+        context.close()
+        _stop_server(server)
+
+
 @pytest.mark.parametrize(
     ("name", "options"),
     [
@@ -385,20 +625,97 @@ def test_a_server_with_a_token_makes_the_page_ask_for_it(log_dir: Path, browser:
         ),
     ],
 )
-def test_the_layout_fits_desktop_and_phone(server: Server, browser: sync_api.Browser, name: str, options: dict) -> None:
+def test_the_layout_fits_desktop_and_phone(
+    fresh_server: Server, browser: sync_api.Browser, name: str, options: dict
+) -> None:
     context = browser.new_context(**options)
     try:
-        chat = _open(context, server.url, max_tokens=120)
+        chat = _open(context, fresh_server.url, max_tokens=120)
         chat.ask("What is Python?")
         chat.ask("Write a Python function that adds two numbers.")
+        chat.ask("set a 10 minute pasta timer")
+        chat.ask("add milk to my shopping list")
+        chat.ask("add fresh basil to my shopping list")
         page = chat.page
         assert page.locator(".message.assistant pre code.hljs").count() >= 1, "no highlighted code block"
-        width = options["viewport"]["width"]
+        sync_api.expect(page.locator("#timers .timer")).to_have_count(1, timeout=PANEL_WAIT_MS)
+        sync_api.expect(page.locator("#panel li.open")).to_have_count(2, timeout=PANEL_WAIT_MS)
+        width, height = options["viewport"]["width"], options["viewport"]["height"]
         assert page.evaluate("document.documentElement.scrollWidth") <= width, "the page scrolls sideways"
         box = page.locator("#question").bounding_box()
-        assert box and box["y"] + box["height"] <= options["viewport"]["height"], "the question box is off screen"
+        assert box and box["y"] + box["height"] <= height, "the question box is off screen"
         assert page.locator("#send").is_visible()
+        panel, messages = page.locator("#panel").bounding_box(), page.locator("#messages").bounding_box()
+        assert panel and messages and panel["x"] + panel["width"] <= width, "the panel is off screen"
+        if name == "desktop":
+            assert panel["x"] >= messages["x"] + messages["width"] - 1, "the panel is not beside the conversation"
+            assert panel["x"] >= box["x"] + box["width"], "the panel covers the question box"
+        else:
+            assert panel["y"] + panel["height"] <= messages["y"] + 1, "the panel is not above the conversation"
+            assert messages["height"] >= height / 3, "the panel leaves the conversation too little room"
         if os.environ.get("VOICEBOT_SCREENSHOTS") == "1":
+            page.wait_for_timeout(2_500)  # The timer shown counting, not at its full 10:00.
             page.screenshot(path=DOCS / f"web-{name}.png")
     finally:
         context.close()
+
+
+def test_the_page_works_by_every_name_it_answers_to_and_a_rebound_name_is_refused(
+    tmp_path: Path, browser: sync_api.Browser
+) -> None:
+    """Issue 17: the server answers only loopback names and http.allowed_hosts, so a page whose own name is rebound
+    to 127.0.0.1 (DNS rebinding) cannot use it; the page itself still works from localhost, 127.0.0.1, [::1] and a
+    LAN name that is configured. Chromium's resolver maps the made-up names to 127.0.0.1."""
+    ipv4 = _start_server(tmp_path, "http.allowed_hosts=[voicebot.lan]", f"intents.state_dir={tmp_path / 'state'}")
+    ipv6_port = _free_port()
+    ipv6_log = tmp_path / "serve-ipv6.log"
+    with ipv6_log.open("w") as out:
+        ipv6_process = subprocess.Popen(
+            [sys.executable, "-m", "voicebot", "serve", "--set", "profile=bundled", "--set", "http.host=::1"]
+            + ["--set", f"http.port={ipv6_port}", "--set", f"intents.state_dir={tmp_path / 'state6'}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    ipv6 = Server(f"http://[::1]:{ipv6_port}", ipv6_process, ipv6_log)
+    resolving = browser.browser_type.launch(
+        executable_path=str(CHROMIUM),
+        args=[*CHROMIUM_ARGS, "--host-resolver-rules=MAP voicebot.lan 127.0.0.1, MAP rebound.example 127.0.0.1"],
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while _health(ipv6.url) is None:
+            assert ipv6_process.poll() is None and time.monotonic() < deadline, ipv6_log.read_text()
+            time.sleep(0.2)
+        port = ipv4.url.rsplit(":", 1)[1]
+        for url in (f"http://localhost:{port}", ipv4.url, f"http://voicebot.lan:{port}", ipv6.url):
+            context = resolving.new_context()
+            context.add_init_script(OBSERVE_ANSWERS)
+            try:
+                chat = _open(context, url)
+                assert chat.ask("Hello!").locator(".body").inner_text().strip(), url
+                assert chat.console_errors == [], (url, chat.console_errors)
+                assert chat.requests and all(r.startswith(f"{url}/") for r in chat.requests), chat.requests
+            finally:
+                context.close()
+
+        context = resolving.new_context()
+        try:
+            page = context.new_page()
+            response = page.goto(f"http://rebound.example:{port}/")
+            assert response is not None and response.status == 421
+            assert "http.allowed_hosts" in page.content()
+            refused = page.evaluate(
+                """async () => {
+                     const reply = await fetch("/v1/chat/completions", {method: "POST",
+                       body: JSON.stringify({messages: [{role: "user", content: "Hi"}], speak: true})});
+                     return reply.status;
+                   }"""
+            )
+            assert refused == 421
+        finally:
+            context.close()
+        assert "refused a request for the host 'rebound.example" in ipv4.log.read_text()
+    finally:
+        resolving.close()
+        _stop_server(ipv4)
+        _stop_server(ipv6)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -289,6 +290,10 @@ class HttpConfig:
     allowed_origins: Optional[tuple[str, ...]] = None
     """Web pages on other origins allowed to call the API from a browser (CORS), such as
     [http://homeassistant.local:8123]; null allows none."""
+    allowed_hosts: Optional[tuple[str, ...]] = None
+    """Host names and addresses the server answers to besides loopback (localhost, 127.x.x.x, ::1), as a
+    browser sends them in the Host header: on a LAN, the Pi's, such as [voicebot.local, 192.168.1.20].
+    Requests for any other name are refused, so a web page cannot reach the API by DNS rebinding."""
     max_queued: int = setting(8, min=1, max=256)
     """Typed requests that may wait for the LLM at once; more get 429 Too Many Requests."""
     max_body_bytes: int = setting(1_000_000, min=1024, max=100_000_000)
@@ -302,6 +307,16 @@ class HttpConfig:
     """Longest answer to a typed request, in tokens; a request may ask for fewer (max_tokens)."""
     system_prompt: str = DEFAULT_TYPED_SYSTEM_PROMPT
     """Instructions for typed chats that send no system message of their own."""
+    max_connections: int = setting(64, min=1, max=4096)
+    """Open connections at once (fewer if ulimit -n leaves less room); at the cap, a new one takes the
+    place of the connection that has waited longest without a request of its own, or else gets 503."""
+    header_timeout_s: float = setting(10.0, min=0.5, max=300.0)
+    """A request's line and headers must arrive within this many seconds of its first byte."""
+    body_timeout_s: float = setting(30.0, min=0.5, max=3600.0)
+    """A request's whole body must arrive within this many seconds of its headers; slower ones get 408."""
+    idle_timeout_s: float = setting(5.0, min=0.5, max=3600.0)
+    """A connection with no request under way (a new one, or kept alive after an answer) is closed after
+    this many seconds."""
 
 
 @dataclass(frozen=True)
@@ -321,6 +336,15 @@ class WyomingConfig:
     Assistant discovers them."""
     max_audio_s: float = setting(60.0, min=1.0, max=600.0)
     """Longest audio one transcription may send; more is refused."""
+    max_connections: int = setting(16, min=1, max=1024)
+    """Open connections per server; at the cap, a new one takes the place of the connection that has
+    waited longest without sending a whole event (or idle for 5 s after one), or else is refused (busy)."""
+    event_timeout_s: float = setting(10.0, min=0.5, max=300.0)
+    """Once an event has begun to arrive, the rest of it (header line, data and payload) must arrive within
+    this many seconds."""
+    idle_timeout_s: float = setting(60.0, min=1.0, max=86400.0)
+    """A connection that sends no event for this many seconds, between requests or inside an audio or
+    text stream, is closed."""
 
 
 @dataclass(frozen=True)
@@ -495,13 +519,68 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text; save it as UTF-8") from None
+    except PermissionError:
+        raise ConfigError(
+            f"cannot read config file {path}: permission denied (it may hold secrets, so only its owner and group "
+            "may read it); run as root (sudo) or as the user voicebot runs as, or pass --config PATH"
+        ) from None
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
 
 
+MAX_YAML_VALUES = 10_000
+"""Values a config may hold with its YAML aliases expanded; a real one holds a few hundred. Past this (an alias
+bomb: a few hundred bytes that would expand to millions of values) it is refused while being read."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, counting the values of a document as if its aliases were expanded, while composing
+    it: a value with aliases in it that would expand past MAX_YAML_VALUES is refused before anything is built."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._values: dict[int, int] = {}  # id(node) -> values in it, aliases expanded
+        self._aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            if id(node) not in self._values:
+                raise yaml.composer.ComposerError(
+                    None, None, "an alias inside the value it names (a value that contains itself)", node.start_mark
+                )
+            self._aliases += 1
+            return node  # Counted again by its parent, as if written out there.
+        aliases_before = self._aliases
+        node = super().compose_node(parent, index)
+        if isinstance(node, yaml.SequenceNode):
+            values = 1 + sum(self._values[id(item)] for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            values = 1 + sum(self._values[id(key)] + self._values[id(value)] for key, value in node.value)
+        else:
+            values = 1
+        if values > MAX_YAML_VALUES and self._aliases > aliases_before:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"its aliases expand to more than {MAX_YAML_VALUES} values; write the values out instead",
+                node.start_mark,
+            )
+        self._values[id(node)] = values
+        return node
+
+
+def _load_yaml(text: str) -> Any:
+    """YAML as Python values, with aliases bounded (_BoundedLoader) and numbers too long to read refused."""
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader
+    except ValueError:  # int() past Python's limit on digits: the number is not a setting anyway.
+        raise yaml.YAMLError(f"a number of more than {sys.get_int_max_str_digits()} digits") from None
+
+
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = _load_yaml(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark else source
@@ -518,11 +597,14 @@ def _apply_override(raw: dict[str, Any], override: str) -> str:
     key_path, sep, value_text = override.partition("=")
     key_path = key_path.strip()
     if not sep or not key_path:
-        raise ConfigError(f"--set {override!r}: expected section.key=value, for example --set vad.hangover_s=0.8")
+        raise ConfigError(f"--set {_shown(override)}: expected section.key=value, for example --set vad.hangover_s=0.8")
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {override!r}: the value is not valid YAML; quote it if it is text") from None
+        value = _load_yaml(value_text) if value_text.strip() else None
+    except yaml.YAMLError as error:
+        why = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(
+            f"--set {_shown(override)}: the value is not valid YAML; quote it if it is text ({why})"
+        ) from None
     parts = key_path.split(".")
     node = raw
     for part in parts[:-1]:
@@ -542,11 +624,12 @@ def _public_fields(cls: type) -> list[dataclasses.Field]:
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
-        raise _InvalidValue(prefix.rstrip("."), f"expected a section of keys, got {_kind(raw)} {raw!r}")
+        raise _InvalidValue(prefix.rstrip("."), f"expected a section of keys, got {_kind(raw)} {_shown(raw)}")
     fields = {f.name: f for f in _public_fields(cls)}
     for key in raw:
         if key not in fields:
-            raise _InvalidValue(f"{prefix}{key}", _unknown_key_message(str(key), list(fields), prefix))
+            shown = str(key) if isinstance(key, str) and len(key) <= SHOWN_CHARS else _shown(key)
+            raise _InvalidValue(f"{prefix}{shown}", _unknown_key_message(shown, list(fields), prefix))
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in raw.items():
@@ -572,11 +655,11 @@ def _coerce(value: Any, hint: Any, key_path: str, meta: typing.Mapping[str, Any]
     try:
         result = _convert(value, hint)
     except _WrongType:
-        raise _InvalidValue(key_path, f"got {value!r}; expected {_describe(hint, meta)}") from None
+        raise _InvalidValue(key_path, f"got {_shown(value)}; expected {_describe(hint, meta)}") from None
     low, high = meta.get("min"), meta.get("max")
     is_number = isinstance(result, (int, float)) and not isinstance(result, bool)
     if is_number and (result != result or (low is not None and result < low) or (high is not None and result > high)):
-        raise _InvalidValue(key_path, f"got {value!r}; expected {_describe(hint, meta)}")
+        raise _InvalidValue(key_path, f"got {_shown(value)}; expected {_describe(hint, meta)}")
     return result
 
 
@@ -649,6 +732,43 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
+SHOWN_CHARS = 80
+"""A bad value is quoted in an error message up to this many characters, then visibly cut."""
+
+
+def _shown(value: Any) -> str:
+    """repr(value) for a message, cut after SHOWN_CHARS and marked so, built only as far as it is shown (a value
+    of shared lists, as YAML aliases make, can be small in memory and gigabytes long written out)."""
+    shown = ""
+    for piece in _repr_pieces(value):
+        shown += piece
+        if len(shown) > SHOWN_CHARS:
+            return f"{shown[:SHOWN_CHARS]}... (cut)"
+    return shown
+
+
+def _repr_pieces(value: Any) -> typing.Iterator[str]:
+    """repr(value) in pieces, lazily."""
+    if isinstance(value, (list, tuple)):
+        yield "[" if isinstance(value, list) else "("
+        for index, item in enumerate(value):
+            yield ", " if index else ""
+            yield from _repr_pieces(item)
+        yield "]" if isinstance(value, list) else ("," if len(value) == 1 else "") + ")"
+    elif isinstance(value, dict):
+        yield "{"
+        for index, (key, item) in enumerate(value.items()):
+            yield ", " if index else ""
+            yield from _repr_pieces(key)
+            yield ": "
+            yield from _repr_pieces(item)
+        yield "}"
+    elif isinstance(value, str):
+        yield repr(value[: SHOWN_CHARS + 1])
+    else:
+        yield repr(value)
+
+
 def _kind(value: Any) -> str:
     return {list: "a list", dict: "a section", str: "text"}.get(type(value), type(value).__name__)
 
@@ -658,7 +778,7 @@ def _locate(source: str, text: str, key_path: str) -> str:
     if not text:
         return source
     try:
-        node = yaml.compose(text)
+        node = yaml.compose(text, Loader=_BoundedLoader)
     except yaml.YAMLError:
         return source
     line = None

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,9 +155,27 @@ class ChatModel:
         return self._formatters[add_generation_prompt](messages=messages).prompt
 
     def prompt_tokens(self, messages: list[Message], add_generation_prompt: bool = True) -> list[int]:
-        """The tokens of the rendered prompt, exactly as generation will see them."""
-        text = self.render(messages, add_generation_prompt)
-        return self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        """The tokens of the rendered prompt, exactly as generation will see them.
+
+        Only the template's own markup may become special tokens (<|im_start|>, <|im_end|>): the text of every
+        message is tokenized as plain text, so a person who types a control token cannot play one.
+        """
+        # The template renders placeholders where the texts go; a random tag keeps a typed one from matching.
+        tag = secrets.token_hex(8)
+        placeholders = [{**message, "content": f"\ue000{tag}{index}\ue001"} for index, message in enumerate(messages)]
+        rendered = self.render(placeholders, add_generation_prompt)
+        tokens: list[int] = []
+        start = 0
+        for match in re.finditer(f"\ue000{tag}(\\d+)\ue001", rendered):
+            tokens += self._tokenize(rendered[start : match.start()], bos=start == 0, special=True)
+            tokens += self._tokenize(messages[int(match.group(1))]["content"], bos=False, special=False)
+            start = match.end()
+        return tokens + self._tokenize(rendered[start:], bos=start == 0, special=True)
+
+    def _tokenize(self, text: str, bos: bool, special: bool) -> list[int]:
+        if not text and not bos:
+            return []
+        return self._llama.tokenize(text.encode("utf-8"), add_bos=bos, special=special)
 
     def tokens_of(self, text: str) -> list[int]:
         """The model's tokens for plain text (no BOS, no special tokens), as a reply continues a prompt."""

@@ -2,14 +2,17 @@
 
 Every request for the model goes through the LLM service, behind any voice turn; a client that
 leaves stops its generation. Requests are bounded (body, messages, prompt tokens, queue), and
-any bind but loopback needs a bearer token.
+any bind but loopback needs a bearer token. Connections are bounded too (a cap, and deadlines for
+headers, body and idleness), and only requests for this machine's own names are answered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ from typing import Any, AsyncIterator, Callable
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -42,10 +45,12 @@ from voicebot.http.completions import (
 from voicebot.intents.service import Handled, IntentService
 from voicebot.llm import ChatModel, Sampling
 from voicebot.llm_service import Generation, LlmBusyError, LlmService, LlmStoppedError, Priority
-from voicebot.runtime.net import is_loopback
+from voicebot.runtime.net import Connections, RateLimitedLog, descriptor_budget, excerpt, is_loopback
 from voicebot.tts import language_of
 
 log = logging.getLogger(__name__)
+peers = RateLimitedLog(log)
+"""Refusals, drops and departures of HTTP peers: one line each, rate-limited."""
 
 STATIC_DIR = Path(__file__).parent / "static"
 # A queue full of typed requests drains in a few seconds on a Pi: each answer is a few hundred tokens.
@@ -54,6 +59,13 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
+MAX_HEADER_BYTES = 16 * 1024
+"""A request's line and headers (h11's own default, made explicit); a longer one gets 400."""
+MESSAGE_MARKUP_TOKENS = 4
+"""The chat template's tokens around each message's text (ChatML: <|im_start|>, the role, newlines, <|im_end|>),
+a little under, for cutting a long history in one pass; the exact prompt is counted after the cut."""
+CONNECTION = "voicebot.connection"
+"""The scope key under which a request finds its connection (_GuardedH11), to mark it trusted."""
 
 
 def check_http_config(config: HttpConfig, llm: LlmConfig | None = None) -> None:
@@ -100,6 +112,10 @@ class ChatApi:
         self.model_id = self.chat.model_path.stem
         self.started = time.monotonic()
         self.limits = Limits(max_messages=self.http.max_messages, max_reply_tokens=self.http.max_reply_tokens)
+        self._preparing = 0
+        """Requests whose prompt is being made: they count against http.max_queued, as the waiting ones do."""
+        self._tokenizer = asyncio.Lock()
+        """One prompt is tokenized at a time, on one core: a flood of long requests cannot take both."""
 
     # Endpoints.
 
@@ -141,14 +157,15 @@ class ChatApi:
         if handled is not None:
             return self._intent_reply(handled, chat_request)
         messages = self._with_system_prompt(chat_request.messages)
-        tokens = await asyncio.to_thread(self._prompt_tokens, messages, chat_request.truncate)
-        sampling = self._sampling(chat_request, len(tokens))
-        try:
-            generation = self.llm.generate(conversation_key(messages), lambda chat: tokens, sampling, Priority.TYPED)
-        except LlmBusyError as error:
-            raise ApiError(
-                429, str(error), kind="rate_limit_error", code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)}
-            ) from None
+        async with self._queued():
+            tokens = await asyncio.to_thread(self._prompt_tokens, messages, chat_request.truncate)
+            sampling = self._sampling(chat_request, len(tokens))
+            try:
+                generation = self.llm.generate(
+                    conversation_key(messages), lambda chat: tokens, sampling, Priority.TYPED
+                )
+            except LlmBusyError as error:
+                raise _queue_full(str(error)) from None
         completion = Completion(self.model_id)
         spoken = self._speak_pieces(chat_request)
         if chat_request.stream:
@@ -222,6 +239,7 @@ class ChatApi:
     def _authorise(self, request: Request) -> None:
         token = self.http.token
         if not token:
+            _trust(request)
             return
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
@@ -234,6 +252,7 @@ class ChatApi:
             )
         if not hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8")):
             raise ApiError(401, "the bearer token is wrong", kind="authentication_error", code="invalid_api_key")
+        _trust(request)
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.http.max_body_bytes
@@ -243,13 +262,40 @@ class ChatApi:
             code="request_too_large",
         )
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if declared is not None and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
             raise too_large
         body = bytearray()
-        async for part in request.stream():
-            body += part
-            if len(body) > limit:
-                raise too_large
+        timeout_s = self.http.body_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for part in request.stream():
+                    body += part
+                    if len(body) > limit:
+                        raise too_large
+        except TimeoutError:
+            peers.warning(
+                "body-timeout",
+                "http: %s: refused: its request body did not arrive within %g s (%d bytes came; http.body_timeout_s)",
+                _client(request),
+                timeout_s,
+                len(body),
+            )
+            raise ApiError(
+                408,
+                f"the request body did not arrive within {timeout_s:g} s (http.body_timeout_s); send it at once",
+                code="request_timeout",
+                headers={"Connection": "close"},
+            ) from None
+        except ClientDisconnect:
+            connection = request.scope.get(CONNECTION)
+            if connection is None or not connection.dropped:  # A dropped one was logged as it was dropped.
+                peers.info(
+                    "left-mid-body",
+                    "http: %s left in the middle of sending its request (%d bytes came)",
+                    _client(request),
+                    len(body),
+                )
+            raise _ClientLeft from None
         return bytes(body)
 
     def _with_system_prompt(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -257,12 +303,28 @@ class ChatApi:
             return messages
         return [{"role": "system", "content": self.http.system_prompt}, *messages]
 
+    @contextlib.asynccontextmanager
+    async def _queued(self) -> AsyncIterator[None]:
+        """A place in the queue while the prompt is made: tokenizing counts against http.max_queued, as waiting
+        for the model does (the request about to run is not waiting), and runs one request at a time."""
+        if self.llm.queue_length + self._preparing > self.http.max_queued:
+            raise _queue_full(f"{self.http.max_queued} requests are already waiting for the LLM; try again shortly")
+        self._preparing += 1
+        try:
+            async with self._tokenizer:
+                yield
+        finally:
+            self._preparing -= 1
+
     def _prompt_tokens(self, messages: list[dict[str, str]], truncate: bool) -> list[int]:
         """The prompt's tokens within http.max_prompt_tokens, dropping the oldest turns if asked to; in a thread
         (tokenizing does not touch llama.cpp's context, so it runs beside a generation)."""
         limit = min(self.http.max_prompt_tokens, self.chat.context_tokens - 1)
         try:
+            if truncate:
+                messages = self._newest_that_fit(messages, limit)
             tokens = self.chat.prompt_tokens(messages)
+            # The cut was by estimate; any turn still too many costs one tokenization of a prompt near the limit.
             while truncate and len(tokens) > limit and _drop_oldest_turn(messages):
                 tokens = self.chat.prompt_tokens(messages)
         except Exception as error:  # noqa: BLE001 - the model's own template refusing these messages
@@ -276,6 +338,25 @@ class ChatApi:
                 param="messages",
             )
         return tokens
+
+    def _newest_that_fit(self, messages: list[dict[str, str]], limit: int) -> list[dict[str, str]]:
+        """The system messages and the newest others that fit `limit` together, in order, the last one always:
+        each message is tokenized once, newest first, until the budget is spent, so the cost is that of the text
+        kept, however long the history sent."""
+
+        def cost(message: dict[str, str]) -> int:
+            return self.chat.count_tokens(message["content"]) + MESSAGE_MARKUP_TOKENS
+
+        budget = limit - sum(cost(message) for message in messages if message["role"] == "system")
+        kept: set[int] = set()
+        for index in reversed(range(len(messages))):
+            if messages[index]["role"] == "system":
+                continue
+            budget -= cost(messages[index])
+            if budget < 0 and kept:
+                break
+            kept.add(index)
+        return [message for index, message in enumerate(messages) if index in kept or message["role"] == "system"]
 
     def _sampling(self, chat_request: ChatRequest, prompt_tokens: int) -> Sampling:
         defaults = Sampling.from_config(self.config.llm)
@@ -427,6 +508,29 @@ class ChatApi:
         )
 
 
+class _ClientLeft(Exception):
+    """The client closed its connection before its request was read; logged once where it was noticed."""
+
+
+def _queue_full(message: str) -> ApiError:
+    return ApiError(
+        429, message, kind="rate_limit_error", code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)}
+    )
+
+
+def _client(request: Request) -> str:
+    """The peer, as log lines name it: "127.0.0.1:50312"."""
+    client = request.client
+    return f"{client.host}:{client.port}" if client else "a client"
+
+
+def _trust(request: Request) -> None:
+    """Mark the request's connection as a real client's (authorised), which keeps it from being the first dropped."""
+    connection = request.scope.get(CONNECTION)
+    if connection is not None:
+        connection.trusted = True
+
+
 def _drop_oldest_turn(messages: list[dict[str, str]]) -> bool:
     """Remove the oldest message after the system prompt, keeping the last one; False when nothing is left."""
     first = next((i for i, message in enumerate(messages) if message["role"] != "system"), None)
@@ -455,21 +559,45 @@ async def _disconnected(request: Request) -> None:
 
 
 class GuardMiddleware:
-    """Refuses browsers on other origins (unless allowed) and answers their CORS preflight; sets safety headers.
+    """Refuses requests for a host name that is not this machine's, and browsers on other origins (unless
+    allowed); answers their CORS preflight; sets safety headers.
 
-    A cross-origin form or fetch with a simple content type is sent by the browser without a preflight:
-    refusing it here, not just withholding CORS headers, keeps a web page on the LAN from using the model.
+    A web page can reach a loopback server by DNS rebinding: its own name, resolved again to 127.0.0.1, makes the
+    browser treat the server as the page's own origin. Only the Host header shows it: answering only loopback
+    names and http.allowed_hosts stops it. A cross-origin form or fetch with a simple content type is sent by
+    the browser without a preflight: refusing it here, not just withholding CORS headers, keeps a web page on
+    the LAN from using the model.
     """
 
-    def __init__(self, app: ASGIApp, allowed_origins: tuple[str, ...]) -> None:
+    def __init__(self, app: ASGIApp, allowed_origins: tuple[str, ...], allowed_hosts: tuple[str, ...] = ()) -> None:
         self.app = app
         self.allowed = {origin.rstrip("/") for origin in allowed_origins}
+        self.hosts = {name for host in allowed_hosts if (name := host_name(host))}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
+        host = headers.get("host", "")
+        name = host_name(host)
+        if name is None or not (is_loopback(name) or name in self.hosts):
+            client = scope.get("client")
+            peers.warning(
+                "host",
+                "http: %s: refused a request for the host %s: not loopback, nor in http.allowed_hosts",
+                f"{client[0]}:{client[1]}" if client else "a client",
+                excerpt(host, 60),
+            )
+            error = ApiError(
+                421,
+                f"this server does not answer to the name {excerpt(host, 60)}; if it is this machine's, "
+                "add it to http.allowed_hosts",
+                kind="permission_error",
+                code="host_not_allowed",
+            )
+            await JSONResponse(error.body(), status_code=421)(scope, receive, send)
+            return
         origin = headers.get("origin")
         cross = origin is not None and not _same_origin(origin, headers.get("host", ""))
         if cross and origin not in self.allowed:
@@ -500,6 +628,26 @@ class GuardMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def host_name(host: str) -> str | None:
+    """The name or address in a Host header or an http.allowed_hosts entry, without its port or IPv6 brackets,
+    in lower case ("[::1]:8080" -> "::1", "Voicebot.Local." -> "voicebot.local"); None if it is not one."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+    elif host.count(":") > 1:
+        name = host  # An IPv6 address without brackets (as an http.allowed_hosts entry may be written).
+    else:
+        name, colon, port = host.rpartition(":")
+        if not colon:
+            name = port
+        elif not port.isdigit():
+            return None
+    name = name.rstrip(".")
+    return name if name and len(name) <= 253 and " " not in name else None
 
 
 def _same_origin(origin: str, host: str) -> bool:
@@ -542,6 +690,9 @@ def create_app(
         body = ApiError(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed")
         return JSONResponse(body.body(), status_code=405)
 
+    async def client_left(request: Request, error: Exception) -> Response:
+        return Response(status_code=499)  # Nobody reads it: the client has gone.
+
     async def server_error(request: Request, error: Exception) -> Response:
         log.error("request %s %s failed: %s: %s", request.method, request.url.path, type(error).__name__, error)
         body = ApiError(500, f"the server failed: {type(error).__name__}", kind="server_error").body()
@@ -558,11 +709,186 @@ def create_app(
             Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
         ],
         middleware=[
-            Middleware(GuardMiddleware, allowed_origins=config.http.allowed_origins or ()),
+            Middleware(
+                GuardMiddleware,
+                allowed_origins=config.http.allowed_origins or (),
+                allowed_hosts=config.http.allowed_hosts or (),
+            ),
             Middleware(GZipMiddleware, minimum_size=512),
         ],
-        exception_handlers={ApiError: api_error, 404: not_found, 405: wrong_method, Exception: server_error},
+        exception_handlers={
+            ApiError: api_error,
+            _ClientLeft: client_left,
+            404: not_found,
+            405: wrong_method,
+            Exception: server_error,
+        },
     )
+
+
+class _Guard:
+    """What every connection of one HTTP server shares: the registry within the cap, and the deadlines."""
+
+    def __init__(self, config: HttpConfig) -> None:
+        cap = descriptor_budget(config.max_connections)
+        if cap < config.max_connections:
+            log.warning(
+                "http: serving at most %d connections at once, not %d (http.max_connections): the descriptor limit "
+                "leaves room for no more; raise it (ulimit -n, or LimitNOFILE= in the unit)",
+                cap,
+                config.max_connections,
+            )
+        self.connections: Connections[Any] = Connections(cap)
+        self.header_timeout_s = config.header_timeout_s
+        self.idle_timeout_s = config.idle_timeout_s
+
+
+class _PeerWarnings:
+    """uvicorn's logger for one connection, with its warnings about what the peer sent ("Invalid HTTP request
+    received.") in one rate-limited line that names the peer."""
+
+    def __init__(self, logger: logging.Logger, peer: str) -> None:
+        self._logger = logger
+        self._peer = peer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
+
+    def warning(self, message: str, *args: object) -> None:
+        peers.warning("invalid", "http: %s: refused: %s", self._peer, message % args if args else message)
+
+
+def _guarded_h11() -> type:
+    """uvicorn's HTTP/1.1 protocol within the server's caps (imported here: uvicorn loads only with a server)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11(H11Protocol):
+        """A connection admitted by the registry (at the cap, the one waiting longest untrusted or idle makes room,
+        or this one gets 503), whose request headers must arrive within http.header_timeout_s of their first byte
+        and which is closed after http.idle_timeout_s with no request under way."""
+
+        def __init__(self, *args: Any, guard: _Guard, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.guard = guard
+            self.trusted = False
+            self.dropped = False
+            self.label = "a client"
+            self._admitted = False
+            self._since = time.monotonic()
+            self._deadline: asyncio.TimerHandle | None = None
+            self._deadline_kind = ""
+
+        @property
+        def idle_since(self) -> float | None:
+            """When it last finished a request or connected; None while a request it has sent whole is served."""
+            cycle = self.cycle
+            serving = cycle is not None and not cycle.response_complete and self.conn.their_state is not h11.SEND_BODY
+            return None if serving else self._since
+
+        def _in_request(self) -> bool:
+            return self.cycle is not None and not self.cycle.response_complete
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if self.client:
+                self.label = f"{self.client[0]}:{self.client[1]}"
+            self.logger = _PeerWarnings(self.logger, self.label)  # type: ignore[assignment]
+            admission = self.guard.connections.admit(self)
+            if not admission.admitted:
+                cap = self.guard.connections.cap
+                peers.warning(
+                    "busy",
+                    "http: %s refused: %d connections are open, none idle (http.max_connections)",
+                    self.label,
+                    cap,
+                )
+                body = ApiError(
+                    503,
+                    f"{cap} connections are open, every one busy; try again shortly",
+                    kind="server_error",
+                    code="too_many_connections",
+                ).body()
+                content = json.dumps(body).encode()
+                transport.write(
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                    + f"content-length: {len(content)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n".encode()
+                    + content
+                )
+                transport.close()
+                return
+            self._admitted = True
+            if admission.dropped is not None:
+                dropped = admission.dropped
+                peers.warning(
+                    "dropped",
+                    "http: at the cap of %d connections: dropped %s (%s for %.1f s) to let %s in",
+                    self.guard.connections.cap,
+                    dropped.label,
+                    "idle" if dropped.trusted else "unauthorised, no request served",
+                    time.monotonic() - (dropped.idle_since or time.monotonic()),
+                    self.label,
+                )
+            self._arm(self.guard.idle_timeout_s, "idle")
+
+        def data_received(self, data: bytes) -> None:
+            if not self._admitted:
+                return
+            if not self._in_request() and self._deadline_kind != "headers":
+                self._arm(self.guard.header_timeout_s, "headers")  # The first byte of a request: its headers' clock.
+            super().data_received(data)
+
+        def handle_events(self) -> None:
+            before = self.cycle
+            super().handle_events()
+            if self.cycle is not before and self.cycle is not None:  # A request's headers have all arrived.
+                self.cycle.scope[CONNECTION] = self  # type: ignore[literal-required]
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            self._since = time.monotonic()
+            super().on_response_complete()  # uvicorn's keep-alive timer (http.idle_timeout_s) takes over.
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            if self._admitted:
+                self.guard.connections.discard(self)
+            super().connection_lost(exc)
+
+        def drop(self) -> None:
+            """Close it at once (to make room at the cap); the registry's caller logged it."""
+            self.dropped = True
+            self._disarm()
+            self.transport.abort()
+
+        def _arm(self, timeout_s: float, kind: str) -> None:
+            self._disarm()
+            self._deadline_kind = kind
+            self._deadline = self.loop.call_later(timeout_s, self._expired, timeout_s, kind)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline, self._deadline_kind = None, ""
+
+        def _expired(self, timeout_s: float, kind: str) -> None:
+            self._deadline, self._deadline_kind = None, ""
+            if self.transport.is_closing():
+                return
+            if kind == "headers":
+                peers.warning(
+                    "header-timeout",
+                    "http: %s: closed: its request headers did not arrive within %g s (http.header_timeout_s)",
+                    self.label,
+                    timeout_s,
+                )
+            else:
+                peers.info(
+                    "idle", "http: %s: closed: no request within %g s (http.idle_timeout_s)", self.label, timeout_s
+                )
+            self.transport.abort()
+
+    return GuardedH11
 
 
 class HttpServer:
@@ -591,6 +917,9 @@ class HttpServer:
                 app,
                 host=config.host,
                 port=config.port,
+                http=functools.partial(_guarded_h11(), guard=_Guard(config)),
+                h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+                timeout_keep_alive=config.idle_timeout_s,  # type: ignore[arg-type]
                 log_config=None,
                 access_log=False,
                 lifespan="off",

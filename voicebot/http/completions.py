@@ -17,6 +17,9 @@ from typing import Any
 
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP_SEQUENCES = 4
+MAX_INTEGER_DIGITS = 40
+"""A whole number in a request may have this many digits; every field's range fits, and Python refuses to read
+one of more than 4300 digits at all."""
 
 
 class ApiError(Exception):
@@ -76,10 +79,22 @@ class ChatRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class LongNumber:
+    """A whole number in the request too long to be a value of any field, kept unread; a field that finds one
+    refuses it by name."""
+
+    digits: int
+
+
+def _read_integer(text: str) -> int | LongNumber:
+    return int(text) if len(text.lstrip("-")) <= MAX_INTEGER_DIGITS else LongNumber(len(text.lstrip("-")))
+
+
 def parse_json(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 saying what is wrong with it."""
     try:
-        value = json.loads(body)
+        value = json.loads(body, parse_int=_read_integer)
     except RecursionError:
         raise ApiError(400, "the request body is nested too deeply", code="invalid_json") from None
     except UnicodeDecodeError:
@@ -99,7 +114,7 @@ def parse_chat_request(body: dict[str, Any], limits: Limits) -> ChatRequest:
     """Check every field a chat completion request may carry; raises ApiError naming the first bad one."""
     truncation = body.get("truncation", "disabled")
     if truncation not in ("auto", "disabled"):
-        raise invalid("truncation", f"expected 'auto' or 'disabled', got {truncation!r}")
+        raise invalid("truncation", f"expected 'auto' or 'disabled', got {_shown(truncation)}")
     messages = _messages(body.get("messages"), limits, truncate=truncation == "auto")
     if _integer(body, "n", 1, None) not in (None, 1):
         raise invalid("n", "only one choice (n=1) is generated")
@@ -159,7 +174,7 @@ def _messages(value: Any, limits: Limits, truncate: bool) -> list[dict[str, str]
                 400, f"{where}.role: tool messages are not supported", code="unsupported", param=f"{where}.role"
             )
         if role not in ROLES:
-            raise invalid(f"{where}.role", f"expected one of {', '.join(ROLES)}, got {role!r}")
+            raise invalid(f"{where}.role", f"expected one of {', '.join(ROLES)}, got {_shown(role)}")
         content = _content(message.get("content"), f"{where}.content")
         messages.append({"role": "system" if role == "developer" else role, "content": content})
     return messages
@@ -184,7 +199,7 @@ def _content(value: Any, where: str) -> str:
         for index, part in enumerate(value):
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 kind = part.get("type") if isinstance(part, dict) else _json_type(part)
-                raise invalid(f"{where}[{index}]", f"only text parts are supported, got {kind!r}")
+                raise invalid(f"{where}[{index}]", f"only text parts are supported, got {_shown(kind)}")
             texts.append(part["text"])
         return "".join(texts)
     raise invalid(where, f"expected a string, got {_json_type(value)}")
@@ -195,7 +210,7 @@ def _boolean(body: dict[str, Any], name: str, prefix: str = "") -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise invalid(prefix + name, f"expected true or false, got {json.dumps(value)[:40]}")
+        raise invalid(prefix + name, f"expected true or false, got {_shown(value)}")
     return value
 
 
@@ -203,8 +218,10 @@ def _number(body: dict[str, Any], name: str, low: float, high: float) -> float |
     value = body.get(name)
     if value is None:
         return None
+    if isinstance(value, LongNumber):
+        raise invalid(name, f"a number of {value.digits} digits is outside {low:g} to {high:g}")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise invalid(name, f"expected a number from {low:g} to {high:g}, got {json.dumps(value)[:40]}")
+        raise invalid(name, f"expected a number from {low:g} to {high:g}, got {_shown(value)}")
     if not low <= value <= high:
         raise invalid(name, f"{value:g} is outside {low:g} to {high:g}")
     return float(value)
@@ -214,10 +231,12 @@ def _integer(body: dict[str, Any], name: str, low: int, high: int | None) -> int
     value = body.get(name)
     if value is None:
         return None
+    bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
+    if isinstance(value, LongNumber):
+        raise invalid(name, f"a number of {value.digits} digits is out of range; expected a number {bound}")
     if isinstance(value, bool) or not isinstance(value, int):
-        raise invalid(name, f"expected a whole number, got {json.dumps(value)[:40]}")
+        raise invalid(name, f"expected a whole number, got {_shown(value)}")
     if value < low or (high is not None and value > high):
-        bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
         raise invalid(name, f"{value} is out of range; expected a number {bound}")
     return value
 
@@ -233,9 +252,21 @@ def _stop(value: Any) -> tuple[str, ...]:
     return tuple(sequences)
 
 
+def _shown(value: Any) -> str:
+    """A value as JSON, cut to 40 characters; a number too long to read, by its length."""
+    if isinstance(value, LongNumber):
+        return f"a number of {value.digits} digits"
+    try:
+        return json.dumps(value)[:40]
+    except (TypeError, ValueError):  # A LongNumber inside a list or an object.
+        return _json_type(value)
+
+
 def _json_type(value: Any) -> str:
     if value is None:
         return "null"
+    if isinstance(value, LongNumber):
+        return "a number"
     return {
         bool: "a boolean",
         int: "a number",

@@ -86,6 +86,7 @@ def run_checks(options: CheckOptions) -> list[Finding]:
     except VoicebotError as error:
         return [*findings, Finding("config", Status.FAIL, str(error), "correct the file, then run voicebot check")]
     findings.append(Finding("config", Status.OK, f"{config.source} (profile {config.profile})"))
+    findings += check_config_secrets(config)
     findings += check_llama_build()
     findings += check_models(config)
     findings += check_pinning(config)
@@ -168,6 +169,28 @@ def check_satellite_exposure(config: Config) -> list[Finding]:
 
 
 SYSTEM_UNIT = Path("/etc/systemd/system/voicebot.service")
+SECRETS = (("http", "token"), ("satellite", "encryption_key"), ("llm", "api_key"))
+"""The settings that are secrets: whoever reads them can use the API, join the satellite, spend the LLM key."""
+
+
+def check_config_secrets(config: Config) -> list[Finding]:
+    """A config file that holds a secret must not be readable by every user of the machine."""
+    path = Path(config.source)
+    held = [f"{section}.{key}" for section, key in SECRETS if getattr(getattr(config, section), key)]
+    if not held or not path.is_file():
+        return []
+    mode = path.stat().st_mode & 0o777
+    if not mode & 0o004:
+        return []
+    return [
+        Finding(
+            "config",
+            Status.WARN,
+            f"{path} holds {', '.join(held)} and every user of this machine can read it (mode {mode:04o})",
+            f"sudo chown root:voicebot {path} && sudo chmod 0640 {path} (install.sh does this; for a file of "
+            f"your own: chmod 0600 {path})",
+        )
+    ]
 
 
 def check_http(config: Config, unit: Path = SYSTEM_UNIT) -> list[Finding]:
@@ -184,6 +207,16 @@ def check_http(config: Config, unit: Path = SYSTEM_UNIT) -> list[Finding]:
         return [Finding("http", Status.FAIL, str(error).removeprefix("config error: "), "set http.token")]
     url = f"http://{http.host if ':' not in http.host else f'[{http.host}]'}:{http.port}/"
     findings = [_port_finding(http.host, http.port, url)]
+    if not is_loopback(http.host) and not http.allowed_hosts:
+        findings.append(
+            Finding(
+                "http",
+                Status.WARN,
+                f"http.host is {http.host}, but http.allowed_hosts is empty: only requests for localhost and "
+                "127.0.0.1 are answered, so the chat page cannot be opened by this machine's name or address",
+                f"set http.allowed_hosts to the names the LAN reaches it by, such as [{_lan_names()}]",
+            )
+        )
     if not is_loopback(http.host) and unit.exists():
         drop_ins = unit.parent / f"{unit.name}.d"
         allowed = any("IPAddressAllow=" in p.read_text(errors="replace") for p in sorted(drop_ins.glob("*.conf")))
@@ -198,6 +231,21 @@ def check_http(config: Config, unit: Path = SYSTEM_UNIT) -> list[Finding]:
                 )
             )
     return findings
+
+
+def _lan_names() -> str:
+    """This machine's name and address, as an http.allowed_hosts example."""
+    import socket
+
+    name = socket.gethostname()
+    names = [f"{name}.local"]
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # No packet is sent: this only picks the address a LAN route uses.
+            names.append(probe.getsockname()[0])
+    except OSError:
+        pass
+    return ", ".join(names)
 
 
 def _port_finding(host: str, port: int, url: str) -> Finding:

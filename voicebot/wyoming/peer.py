@@ -2,23 +2,28 @@
 
 wyoming's own reader trusts what a header claims: a header that announces a payload of gigabytes has
 that much buffered, and a header that is not a JSON object, or whose lengths are not numbers, raises
-out of the handler's task. Here every event is read within caps, and a peer that breaks them is told
-why (an `error` event), logged once and disconnected; the other connections go on.
+out of the handler's task; and it waits for ever for the rest of a line. Here every event is read within
+caps and deadlines, and a peer that breaks them is told why (an `error` event), logged once and
+disconnected; a connection that goes quiet is closed; at the cap of connections, the one that has waited
+longest without sending a whole event makes room. The other connections go on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+import time
 from typing import Any, Callable, ClassVar, TypeVar
 
 from wyoming.error import Error
-from wyoming.event import Event, async_write_event
+from wyoming.event import Event, async_write_event, write_event
 from wyoming.server import AsyncEventHandler
 
+from voicebot.config import WyomingConfig
 from voicebot.errors import VoicebotError
-from voicebot.runtime.net import PeerError, PeerLeft
+from voicebot.runtime.net import Connections, PeerError, PeerLeft, RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +35,8 @@ MAX_DATA_BYTES = 256 * 1024
 """The additional JSON data of one event (a text to synthesise, a transcript)."""
 MAX_PAYLOAD_BYTES = 1024 * 1024
 """The binary payload of one event: an audio chunk (Home Assistant sends about 2 KB)."""
-EVENT_BODY_TIMEOUT_S = 30.0
-"""Once a header has arrived, the data and payload it announces must follow within this long."""
-MAX_CONNECTIONS = 16
-"""Open connections per server; Home Assistant opens one per request."""
+MAX_CONNECTIONS: int = WyomingConfig.max_connections
+"""Open connections per server by default (wyoming.max_connections); Home Assistant opens one per request."""
 
 
 class BadRequest(Exception):
@@ -44,33 +47,59 @@ class BadRequest(Exception):
         self.code = code
 
 
-async def read_event(reader: asyncio.StreamReader) -> Event | None:
-    """The next event within the caps, or None when the peer closed the connection between events."""
+class PeerIdle(Exception):
+    """The peer sent nothing for the idle time-out."""
+
+
+async def read_event(
+    reader: asyncio.StreamReader,
+    event_timeout_s: float = WyomingConfig.event_timeout_s,
+    idle_timeout_s: float | None = None,
+    on_first_byte: Callable[[], None] = lambda: None,
+) -> Event | None:
+    """The next event within the caps, or None when the peer closed the connection between events.
+
+    Its first byte may take up to `idle_timeout_s` (PeerIdle after that); from then on, the whole event (header
+    line, data, payload) must arrive within `event_timeout_s` (PeerError, "timeout").
+    """
     try:
-        line = await reader.readuntil(b"\n")
-    except asyncio.IncompleteReadError as end:
-        if not end.partial.strip():
-            return None
-        line = end.partial  # A last header without its newline: wyoming's reader accepts it too.
-    except asyncio.LimitOverrunError:
-        raise PeerError(f"an event header longer than {MAX_HEADER_BYTES // 1024} KiB", "event-too-large") from None
+        async with asyncio.timeout(idle_timeout_s):
+            first = await reader.readexactly(1)
+    except asyncio.IncompleteReadError:
+        return None
+    except TimeoutError:
+        raise PeerIdle from None
     except ConnectionError:
         raise PeerLeft("with the connection reset") from None
-    event_type, data, data_length, payload_length = _header(line)
+    on_first_byte()
+    event_type = ""
     try:
-        async with asyncio.timeout(EVENT_BODY_TIMEOUT_S):
+        async with asyncio.timeout(event_timeout_s):
+            line = first if first == b"\n" else first + await _rest_of_line(reader)
+            if not line.endswith(b"\n") and not line.strip():
+                return None  # Blank bytes, then the end: the peer closed between events.
+            event_type, data, data_length, payload_length = _header(line)
             if data_length:
                 data.update(_json_object(await reader.readexactly(data_length), f"{event_type} event's data"))
             payload = await reader.readexactly(payload_length) if payload_length else None
     except asyncio.IncompleteReadError:
         raise PeerLeft(f"in the middle of {_an(event_type)} event") from None
     except ConnectionError:
-        raise PeerLeft(f"in the middle of {_an(event_type)} event, with the connection reset") from None
+        where = f"in the middle of {_an(event_type)} event, " if event_type else ""
+        raise PeerLeft(f"{where}with the connection reset") from None
     except TimeoutError:
-        raise PeerError(
-            f"the rest of {_an(event_type)} event did not arrive within {EVENT_BODY_TIMEOUT_S:.0f} s", "timeout"
-        ) from None
+        what = f"the rest of {_an(event_type)} event" if event_type else "the rest of an event header line"
+        raise PeerError(f"{what} did not arrive within {event_timeout_s:g} s", "timeout") from None
     return Event(type=event_type, data=data, payload=payload)
+
+
+async def _rest_of_line(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as end:
+        return end.partial  # A last header without its newline: wyoming's reader accepts it too.
+    except asyncio.LimitOverrunError:
+        raise PeerError(f"an event header longer than {MAX_HEADER_BYTES // 1024} KiB", "event-too-large") from None
 
 
 def _header(line: bytes) -> tuple[str, dict[str, Any], int, int]:
@@ -145,7 +174,17 @@ class EventServer:
     name: ClassVar[str] = "?"
 
     def __init__(self) -> None:
-        self.connections: set[Connection] = set()
+        self.connections: Connections[Connection] = Connections(MAX_CONNECTIONS)
+        self.event_timeout_s = WyomingConfig.event_timeout_s
+        self.idle_timeout_s = WyomingConfig.idle_timeout_s
+        self.peers = RateLimitedLog(log)
+        """Refusals, drops and departures: one line each, rate-limited."""
+
+    def bound(self, config: WyomingConfig, max_connections: int | None = None) -> None:
+        """Take the caps and deadlines from the config (`max_connections` if the descriptor limit leaves fewer)."""
+        self.connections.cap = max_connections or config.max_connections
+        self.event_timeout_s = config.event_timeout_s
+        self.idle_timeout_s = config.idle_timeout_s
 
     def connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Connection:
         """A handler for a new connection (wyoming's handler factory)."""
@@ -168,6 +207,10 @@ class Connection(AsyncEventHandler):
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "a peer"
         self.task: asyncio.Task[None] | None = None
+        self.trusted = False
+        """Whether it has sent a whole, well-formed event: a real client, not one holding a connection open."""
+        self.dropped = False
+        self._since: float | None = time.monotonic()
 
     def pending(self) -> str | None:
         """What the peer left unfinished, if it leaves now (e.g. "an audio stream of 1.2 s, not transcribed")."""
@@ -178,16 +221,34 @@ class Connection(AsyncEventHandler):
         """How log lines name this connection: "wyoming asr: 127.0.0.1:50312"."""
         return f"wyoming {self.server.name}: {self.peer}"
 
+    @property
+    def idle_since(self) -> float | None:
+        """When it last finished an event (or connected); None while the server is handling one of its events."""
+        return self._since
+
     async def run(self) -> None:
-        """Serve events until the peer leaves, breaks the protocol, or the server stops."""
+        """Serve events until the peer leaves, breaks the protocol, goes quiet, or the server stops."""
         self._is_running = True
         self.task = asyncio.current_task()
-        if len(self.server.connections) >= MAX_CONNECTIONS:
-            log.warning("%s refused: %d connections are already open", self.label, MAX_CONNECTIONS)
-            await self._send_quietly(Error(f"{MAX_CONNECTIONS} connections are already open", "busy").event())
+        admission = self.server.connections.admit(self)
+        if not admission.admitted:
+            cap = self.server.connections.cap
+            self.server.peers.warning("busy", "%s refused: %d connections are already open", self.label, cap)
+            await self._send_quietly(Error(f"{cap} connections are already open", "busy").event())
             self.writer.close()
             return
-        self.server.connections.add(self)
+        if (dropped := admission.dropped) is not None:
+            waited = time.monotonic() - (dropped.idle_since or time.monotonic())
+            self.server.peers.warning(
+                "dropped",
+                "%s dropped at the cap of %d connections (%s for %.1f s%s) to let %s in",
+                dropped.label,
+                self.server.connections.cap,
+                "idle" if dropped.trusted else "no whole event",
+                waited,
+                dropped._during(),
+                self.peer,
+            )
         try:
             await self._serve()
         except asyncio.CancelledError:
@@ -198,34 +259,66 @@ class Connection(AsyncEventHandler):
             self.writer.close()
 
     async def _serve(self) -> None:
+        server, peers = self.server, self.server.peers
         try:
             while self._is_running:
-                event = await read_event(self.reader)
+                event = await read_event(self.reader, server.event_timeout_s, server.idle_timeout_s)
                 if event is None:
-                    if self._is_running and (pending := self.pending()):
-                        log.info("%s left during %s", self.label, pending)
+                    if self._is_running and not self.dropped and (pending := self.pending()):
+                        peers.info("left", "%s left during %s", self.label, pending)
                     return
-                if not await self._handle(event):
-                    return
+                self.trusted, self._since = True, None
+                try:
+                    if not await self._handle(event):
+                        return
+                finally:
+                    self._since = time.monotonic()
         except PeerError as error:
-            log.warning("%s refused: %s%s; connection closed", self.label, error, self._during())
+            if self.dropped:  # Cut short by the drop itself, which was logged.
+                return
+            peers.warning("refused", "%s refused: %s%s; connection closed", self.label, error, self._during())
             await self._send_quietly(Error(f"refused: {error}", error.code).event())
+        except PeerIdle:
+            peers.info(
+                "idle",
+                "%s: closed after %g s without an event (wyoming.idle_timeout_s)%s",
+                self.label,
+                server.idle_timeout_s,
+                self._during(),
+            )
+            quiet = f"closed after {server.idle_timeout_s:g} s without an event"
+            await self._send_quietly(Error(quiet, "idle").event())
         except PeerLeft as left:
-            log.info("%s left %s%s", self.label, left, self._during())
+            if not self.dropped:  # A dropped connection was logged as it was dropped.
+                peers.info("left", "%s left %s%s", self.label, left, self._during())
         except Exception as error:  # noqa: BLE001 - one failed connection must not stop the server
             log.error("%s: failed: %s: %s; connection closed", self.label, type(error).__name__, error)
             await self._send_quietly(Error(f"the server failed: {type(error).__name__}", "failed").event())
 
     async def _handle(self, event: Event) -> bool:
+        peers = self.server.peers
         try:
             return await self.handle_event(event)
         except BadRequest as refusal:
-            log.warning("%s: %s refused: %s", self.label, _shown(event.type), refusal)
+            peers.warning("bad-request", "%s: %s refused: %s", self.label, _shown(event.type), refusal)
             await self.write_event(Error(str(refusal), refusal.code).event())
         except VoicebotError as error:
-            log.warning("%s: %s failed: %s", self.label, _shown(event.type), error)
+            peers.warning("failed", "%s: %s failed: %s", self.label, _shown(event.type), error)
             await self.write_event(Error(str(error), "failed").event())
         return True
+
+    def drop(self) -> None:
+        """Close it at once, with a last `error` event (busy) if its socket takes it; to make room at the cap."""
+        self.dropped = True
+        goodbye = io.BytesIO()
+        write_event(Error("closed to make room for another connection", "busy").event(), goodbye)
+        transport = self.writer.transport
+        if not transport.is_closing():
+            transport.write(goodbye.getvalue())
+            if transport.get_write_buffer_size():
+                transport.abort()  # A peer that reads nothing must not hold the descriptor until it does.
+            else:
+                transport.close()
 
     async def stop(self) -> None:
         """End the connection once the request in progress is answered (the server is stopping)."""

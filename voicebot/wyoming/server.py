@@ -17,7 +17,7 @@ from voicebot.asr import AsrService
 from voicebot.config import Config
 from voicebot.errors import ConfigError, VoicebotError
 from voicebot.llm_service import LlmService
-from voicebot.runtime.net import is_loopback
+from voicebot.runtime.net import descriptor_budget, is_loopback
 from voicebot.tts import TtsService
 from voicebot.wyoming.announce import Announcer
 from voicebot.wyoming.asr import AsrServer
@@ -126,6 +126,17 @@ class WyomingServers:
             "tts": TtsServer(tts, self.config),
             "handle": HandleServer(llm, self.config),
         }
+        wyoming = self.config.wyoming
+        cap = descriptor_budget(len(self.servers) * wyoming.max_connections) // len(self.servers)
+        if cap < wyoming.max_connections:
+            log.warning(
+                "wyoming: serving at most %d connections per server, not %d (wyoming.max_connections): the "
+                "descriptor limit leaves room for no more; raise it (ulimit -n, or LimitNOFILE= in the unit)",
+                cap,
+                wyoming.max_connections,
+            )
+        for server in self.servers.values():
+            server.bound(wyoming, max(1, cap))
         for server in self._servers.values():
             await server.start()
         if is_loopback(self.host):
