@@ -293,7 +293,8 @@ class MicrophoneSource:
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), self.stall_s)
+                    async with asyncio.timeout(self.stall_s):
+                        item = await self._queue.get()
                 except TimeoutError:
                     state = "vanished" if not stream.active else f"stalled: no audio for {self.stall_s:g} s"
                     raise AudioDeviceError(f"microphone {name} {state}") from None

@@ -324,7 +324,8 @@ class Pipeline:
             return
         turn.task.cancel()
         try:
-            await asyncio.wait_for(asyncio.gather(turn.task, return_exceptions=True), CANCEL_TIMEOUT_S)
+            async with asyncio.timeout(CANCEL_TIMEOUT_S):
+                await asyncio.gather(turn.task, return_exceptions=True)
         except TimeoutError:
             log.error("turn did not stop within %.0f s of being cancelled", CANCEL_TIMEOUT_S)
 

@@ -332,7 +332,8 @@ class Responder:
             async with contextlib.aclosing(answer):
                 while not budget.capped:
                     try:
-                        token = await asyncio.wait_for(anext(answer), stall_s)
+                        async with asyncio.timeout(stall_s):
+                            token = await anext(answer)
                     except StopAsyncIteration:
                         break
                     except TimeoutError:

@@ -56,7 +56,8 @@ class RemoteChat:
                 lines = response.aiter_lines()
                 while True:
                     try:
-                        line = await asyncio.wait_for(anext(lines), self.timeout_s)
+                        async with asyncio.timeout(self.timeout_s):
+                            line = await anext(lines)
                     except StopAsyncIteration:
                         return
                     if not line.startswith("data:"):

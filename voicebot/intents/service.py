@@ -490,8 +490,11 @@ class IntentService:
                 next_end = self.book.next_end()
                 wait_s = CLOCK_JUMP_CHECK_S if next_end is None else min(CLOCK_JUMP_CHECK_S, next_end - now)
                 self._changed.clear()
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancel that comes as the event is
+                # set, and this loop then never ends.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), max(0.0, wait_s))
+                    async with asyncio.timeout(max(0.0, wait_s)):
+                        await self._changed.wait()
         finally:
             self._changed = None
 

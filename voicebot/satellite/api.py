@@ -124,7 +124,8 @@ class ApiServer:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         try:
-            await asyncio.wait_for(self._server.wait_closed(), CLOSE_TIMEOUT_S)
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self._server.wait_closed()
         except TimeoutError:
             log.debug("satellite: connections still closing")
 
@@ -156,7 +157,8 @@ class ApiServer:
                 elif not self._handle(peer, msg):
                     break
                 try:
-                    type_id, payload = await asyncio.wait_for(frames.read(reader), IDLE_TIMEOUT_S)
+                    async with asyncio.timeout(IDLE_TIMEOUT_S):
+                        type_id, payload = await frames.read(reader)
                 except TimeoutError:
                     log.info("satellite: dropped %s: silent for %.0f s", address, IDLE_TIMEOUT_S)
                     break

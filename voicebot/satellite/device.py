@@ -546,7 +546,8 @@ class Satellite:
             return playback
         playback.task.cancel()
         try:
-            await asyncio.wait_for(asyncio.gather(playback.task, return_exceptions=True), CANCEL_TIMEOUT_S)
+            async with asyncio.timeout(CANCEL_TIMEOUT_S):
+                await asyncio.gather(playback.task, return_exceptions=True)
         except TimeoutError:
             log.error("satellite: playback did not stop within %.0f s of being cancelled", CANCEL_TIMEOUT_S)
         return playback

@@ -101,10 +101,12 @@ class WyomingSynthesizer:
         voice = SynthesizeVoice(name=self.voice, language=None if self.voice else language)
         client = AsyncTcpClient(self.host, self.port)
         try:
-            await asyncio.wait_for(client.connect(), self.timeout_s)
-            await asyncio.wait_for(client.write_event(Synthesize(text=text, voice=voice).event()), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                await client.connect()
+                await client.write_event(Synthesize(text=text, voice=voice).event())
             while True:
-                event = await asyncio.wait_for(client.read_event(), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):
+                    event = await client.read_event()
                 if event is None:
                     raise RemoteEngineError(f"{self.name} closed the connection mid-answer")
                 if Error.is_type(event.type):

@@ -236,7 +236,8 @@ class HandleConnection(Connection):
             async with generation:
                 while True:
                     try:
-                        piece = await asyncio.wait_for(anext(generation), self.server.stall_s)
+                        async with asyncio.timeout(self.server.stall_s):
+                            piece = await anext(generation)
                     except StopAsyncIteration:
                         break
                     except TimeoutError:
