@@ -117,9 +117,8 @@ class RunningHttp:
     server: HttpServer
     task: asyncio.Task[None]
 
-    async def stop(self) -> None:
-        """Let open requests finish for a moment, then stop listening."""
-        self.server.stop()
+    async def stopped(self) -> None:
+        """Wait for the server to finish the open requests (for a moment at most) after `server.stop()`."""
         await asyncio.gather(self.task, return_exceptions=True)
 
 
@@ -268,9 +267,12 @@ class Assistant:
         finally:
             await cancel_and_wait(running)
             if http is not None:
-                await http.stop()
+                http.server.stop()  # No new connections from here on.
             if engines.has("llm"):
+                # Typed answers still streaming end now, so the server's drain finishes without cutting them off.
                 await engines.llm.close()
+            if http is not None:
+                await http.stopped()
 
     def _start_http(self, engines: Engines, pipeline: Pipeline) -> RunningHttp | None:
         """Serve the API and the chat page beside the voice loop, if http.enabled; a failure to listen is

@@ -402,8 +402,15 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
     app = create_app(engines.llm, config, engines.loaded_models(), intents=engines.intents)
     server = HttpServer(app, config.http, on_started)
     loop = asyncio.get_running_loop()
+    closing: list[asyncio.Task[None]] = []
+
+    def stop() -> None:
+        server.stop()
+        # Typed answers still streaming end now, so the server's drain finishes without cutting them off.
+        closing.append(asyncio.create_task(engines.llm.close()))
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, server.stop)
+        loop.add_signal_handler(signum, stop)
     timers = asyncio.create_task(engines.intents.run(_ring_without_speaker), name="timers")
     try:
         await server.serve()
