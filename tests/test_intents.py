@@ -67,6 +67,7 @@ MATCHES = [
     ("Mute.", "en", "HassMediaPlayerMute", {}),
     ("Unmute.", "en", "HassMediaPlayerUnmute", {}),
     ("Add milk to my shopping list.", "en", "HassShoppingListAddItem", {"item": "milk"}),
+    ("and milk to my shopping list.", "en", "HassShoppingListAddItem", {"item": "milk"}),  # Whisper's "Add"
     ("Check milk off my shopping list.", "en", "HassShoppingListCompleteItem", {"item": "milk"}),
     ("What's on my shopping list?", "en", "VoicebotListItems", {}),
     ("Add call the plumber to my to-do list.", "en", "HassListAddItem", {"item": "call the plumber"}),
