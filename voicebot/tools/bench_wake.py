@@ -50,14 +50,14 @@ from typing import Any, AsyncIterator, Callable, Literal
 import numpy as np
 import soundfile
 
-import voicebot
 from voicebot.audio import FRAME_SAMPLES, INPUT_RATE_HZ, AudioChunk, PlaybackTimeline, read_wav
 from voicebot.config import Config, load_config
 from voicebot.engines import Engines
 from voicebot.errors import VoicebotError
 from voicebot.listen import Listener
 from voicebot.models.paths import CACHE_DIR, resolve_models
-from voicebot.tools.bench.resources import machine
+from voicebot.tools.machine import machine
+from voicebot.tools.recordings import RECORDINGS, RECORDINGS_DIR, recordings_present
 from voicebot.tools.wake_texts import CHINESE, ENGLISH, NEAR_MISSES
 from voicebot.tts import Synthesizer, TtsService
 from voicebot.wake import WakeWordDetector
@@ -71,7 +71,6 @@ DIPCO_NOTE = (
     "(real dinner-party talk recorded across a room); these figures compare settings and catch regressions, "
     "and are not those figures."
 )
-RECORDINGS_DIR = Path(voicebot.__file__).resolve().parents[1] / "tests" / "data"
 
 # The noise mixes: each kind of kitchen noise at each SNR below the speech, or a quiet room.
 NOISES = ("water", "clatter", "fan", "radio", "kitchen")
@@ -108,34 +107,6 @@ RECALL_ESPEAK_WPM = (130, 160, 190)
 ATTRIBUTE_LATE_S = 1.0  # A false accept this long after an utterance ends is still put down to it.
 
 
-@dataclass(frozen=True)
-class Recording:
-    """A real recording in tests/data with no wake word of the configured model in it."""
-
-    name: str
-    language: str
-    said: str
-
-
-RECORDINGS = (
-    Recording("speech_long_no_wakeword.flac", "en", "casual speech about smart bulbs, 34 s"),
-    Recording("jfk.flac", "en", "And so my fellow Americans, ask not what your country can do for you ..."),
-    Recording("en_voice2json_turn_on_living_room_lamp.flac", "en", "turn on the living room lamp"),
-    Recording(
-        "en_voice2json_would_you_please_turn_on_living_room_lamp.flac",
-        "en",
-        "would you please turn on the living room lamp",
-    ),
-    Recording("en_speech_recognition_one_two_three.flac", "en", "one two three"),
-    Recording("alexa_real.wav", "en", "Alexa"),
-    Recording("hey_mycroft_real.wav", "en", "Hey Mycroft"),
-    Recording("zh_aishell1_BAC009S0764W0121.flac", "zh", "甚至出现交易几乎停滞的情况"),
-    Recording("zh_funasr_asr_example.flac", "zh", "欢迎大家来体验达摩院推出的语音识别模型"),
-    Recording("zh_funasr_llamacpp_sample.flac", "zh", "我想问我在滨海新区有房"),
-    Recording("zh_paddlespeech_zh.flac", "zh", "我认为跑步最重要的就是给我带来了身体健康"),
-    Recording("zh_speech_recognition_chinese.flac", "zh", "砸自己的脚"),
-    Recording("zh_wenet_nihao.flac", "zh", "你好你好"),
-)
 # The real wake words in tests/data, each heard by its own model.
 REAL_WAKE_WORDS = (("alexa", "alexa_real.wav"), ("hey_mycroft", "hey_mycroft_real.wav"))
 
@@ -1015,7 +986,7 @@ def run(config: Config, hours: float, seed: int, short_recall: bool, cache_dir: 
     """Plan and make the stream and the clips, hear them, and return the results."""
     if shutil.which("espeak-ng") is None:
         raise VoicebotError("espeak-ng is not installed (apt-get install espeak-ng); the benchmark's voices need it")
-    recordings = all((RECORDINGS_DIR / r.name).is_file() for r in RECORDINGS)
+    recordings = recordings_present(r.name for r in RECORDINGS) is not None
     if not recordings:
         log.warning(
             "no recordings in %s (installed from a wheel?): the recorded kinds and real wake words are left out",

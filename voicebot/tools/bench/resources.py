@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import platform
 import resource
 import time
 from pathlib import Path
-from typing import Any
 
 from voicebot.audio import AudioChunk
 from voicebot.engines import Engines
@@ -33,13 +31,3 @@ def seconds_since_process_start() -> float:
     started_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
     uptime_s = float(Path("/proc/uptime").read_text().split()[0])
     return uptime_s - started_ticks / ticks
-
-
-def machine() -> dict[str, Any]:
-    """The CPU, its core count, the architecture and Python's version."""
-    model = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith(("model name", "Model")):
-            model = line.split(":", 1)[1].strip()
-            break
-    return {"cpu": model, "cores": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}

@@ -15,20 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-import voicebot
-from voicebot.audio import INPUT_RATE_HZ, AudioChunk, read_wav
+from voicebot.audio import INPUT_RATE_HZ, AudioChunk
 from voicebot.config import Config
 from voicebot.engines import Engines
 from voicebot.errors import VoicebotError
+from voicebot.tools.recordings import recording_samples, recordings_present
+from voicebot.tools.recordings import speech_span as recording_span
 from voicebot.wake import WakeWordDetector
 
 LEAD_IN_S = 1.0
 GAP_AFTER_WAKE_S = 0.3
 TRAILING_SILENCE_S = 2.5
-# Speech is where the 10 ms loudness stands above this, or above 4 times the recording's own noise floor.
-SPEECH_RMS = 0.01
-NOISE_FLOOR_FACTOR = 4.0
-RMS_FRAME_S = 0.01
 # A hesitation in the middle of a question: longer than vad.early_start_s, shorter than vad.hangover_s
 # (0.2 s and 0.6 s by default), as people pause to find a word.
 HESITATION_S = 0.4
@@ -109,9 +106,7 @@ class ReferenceTurn:
 
 def recordings_dir() -> Path | None:
     """tests/data in a checkout; None when voicebot was installed without it (from a wheel)."""
-    folder = Path(voicebot.__file__).resolve().parents[1] / "tests" / "data"
-    needed = {r.name for s in SCRIPTS for r in s.recordings}
-    return folder if all((folder / name).is_file() for name in needed) else None
+    return recordings_present(r.name for s in SCRIPTS for r in s.recordings)
 
 
 def with_wake_models(engines: Engines, config: Config, scripts: list[Script]) -> Engines:
@@ -183,9 +178,7 @@ def question_audio(
 def recording(recording: Recording, data: Path | None) -> np.ndarray:
     """The recording's samples at the input rate."""
     assert data is not None
-    samples = read_wav(data / recording.name).resampled(INPUT_RATE_HZ).samples
-    end = None if recording.end_s is None else int(recording.end_s * INPUT_RATE_HZ)
-    return samples[int(recording.start_s * INPUT_RATE_HZ) : end]
+    return recording_samples(recording.name, recording.start_s, recording.end_s)
 
 
 def speak(engines: Engines, text: str) -> np.ndarray:
@@ -202,13 +195,11 @@ def silence(seconds: float) -> np.ndarray:
 
 
 def speech_span(samples: np.ndarray) -> tuple[float, float]:
-    """Where speech starts and ends: 10 ms frames louder than SPEECH_RMS and than the recording's noise floor."""
-    frame = int(RMS_FRAME_S * INPUT_RATE_HZ)
-    frames = len(samples) // frame
-    rms = np.sqrt(np.mean(samples[: frames * frame].reshape(frames, frame) ** 2, axis=1))
-    level = max(SPEECH_RMS, NOISE_FLOOR_FACTOR * float(np.percentile(rms, 10)))
-    loud = np.flatnonzero(rms > level)
-    return loud[0] * RMS_FRAME_S, (loud[-1] + 1) * RMS_FRAME_S
+    """Where speech starts and ends in a clip the bench made or read, which has some."""
+    span = recording_span(samples)
+    if span is None:
+        raise VoicebotError("a clip of the benchmark holds no speech")
+    return span
 
 
 def talk(engines: Engines, seconds: float) -> AudioChunk:
