@@ -7,6 +7,7 @@ import json
 import pytest
 from conftest import engines_fixture, run_voicebot
 
+from voicebot.asr import ChineseScript, Transcript
 from voicebot.tools.bench.early_starts import early_starts
 from voicebot.tools.bench.intents import BEYOND_REACH, claims_action
 from voicebot.tools.bench.realtime import VOICEBOT, run_turn
@@ -103,6 +104,19 @@ def test_short_bench_reports_every_figure(tmp_path):
     assert 0 < actions["caught_share"] <= 1 and set(actions["caught_share_by_language"]) == {"en", "zh"}
     assert actions["llm_asked"] == len(actions["missed"]) + len(BEYOND_REACH)
     assert all(answer["answer"].strip() for answer in actions["llm_answers"])
+
+    windows = results["asr_windows"]
+    turns = windows["reference_turns"]
+    assert turns["utterances"] >= 7 and turns["sized_s"] > 0 and turns["window_30_s"] > 0
+    assert turns["today_two_passes_s"] > 0 and 0 <= turns["same_words"] <= turns["utterances"]
+    assert windows["tiny_en"]["utterances"] == turns["utterances"] and windows["tiny_en"]["window_10_s"] > 0
+    mandarin = windows["mandarin"]
+    assert mandarin["utterances"] == 6 and mandarin["languages_wrong"] == 0
+    assert mandarin["sized_one_pass_s"] > 0 and mandarin["today_two_passes_s"] > 0
+    # Simplified characters: none that OpenCC would change.
+    simplified = ChineseScript("simplified")
+    assert all(simplified(Transcript(text, "zh")).text == text for text in mandarin["heard"]), mandarin["heard"]
+    assert "ASR per reference question" in result.stdout
 
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     assert "streaming / sequential first audio" in result.stdout

@@ -259,7 +259,8 @@ def test_truncating_a_982_kb_history_takes_an_ordinary_requests_time(server):
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "context_length_exceeded"
     assert ordinary.status_code == 200 and cut.status_code == 200, cut.text
     assert cut.json()["usage"]["prompt_tokens"] == ordinary.json()["usage"]["prompt_tokens"]
-    assert cut_s < 1.5 * ordinary_s + 0.5, (cut_s, ordinary_s)
+    # Loose enough for a loaded machine; the old way took 57 s against 0.74 s.
+    assert cut_s < 3 * ordinary_s + 2, (cut_s, ordinary_s)
     health_answers_at_once(server.url)
 
 

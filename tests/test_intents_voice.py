@@ -23,8 +23,9 @@ BUNDLED = ("--set", "profile=bundled", "--set", "llm.seed=1")
 TIMER_S = 3.0
 RING_GOAL_S = 0.3
 """How far from its set time the ring may start."""
-STOP_GOAL_S = 0.5
-"""How soon after "stop" is said the ring must be silent."""
+STOP_GOAL_S = 1.0
+"""How soon after "stop" is said the ring must be silent: about 0.4 s here, bounded for a loaded CI machine
+(the endpointer's pause, then Whisper on the word)."""
 RING_HZ = 1047
 
 

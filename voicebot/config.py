@@ -107,8 +107,9 @@ class AsrConfig:
     them: simplified (Mainland), traditional, or as_heard (as Whisper wrote it, often traditional)."""
     window_s: Union[Literal["auto"], float] = setting("auto", min=10.0, max=30.0)
     """Seconds of audio Whisper's encoder sees per question: auto for the utterance with 2 s of silence
-    after it, but at least 10 s (shorter windows made Whisper repeat itself, docs/models.md); a
-    number for at least that many; 30 is Whisper's own window, always, and the slowest."""
+    after it, but at least 10 s (shorter windows made Whisper repeat itself, docs/models.md), and always
+    30 s for Whisper tiny (it mishears more in short windows); a number for at least that many; 30 is
+    Whisper's own window, the slowest."""
     beam_size: int = setting(1, min=1, max=10)
     """Beam search width; 1 (greedy) is fastest."""
     no_speech_prob_max: float = setting(0.6, min=0.0, max=1.0)

@@ -30,8 +30,6 @@ import gc
 import json
 import logging
 import multiprocessing
-import os
-import platform
 import re
 import statistics
 import sys
@@ -42,56 +40,32 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-import voicebot
 from voicebot.asr import AsrService, Transcriber, Transcript, repeats_itself
 from voicebot.audio import INPUT_RATE_HZ, AudioChunk, read_wav
 from voicebot.config import AsrConfig, Config, load_config
 from voicebot.errors import VoicebotError
 from voicebot.models.paths import resolve_asr, resolve_voices
 from voicebot.runtime.threads import PinnedWorker, resolve_cores
+from voicebot.tools.machine import machine as machine_of
+from voicebot.tools.recordings import (
+    RECORDINGS,
+    SPEECH_RMS,
+    WAKE_WORD_RECORDINGS,
+    recording_samples,
+    recordings_present,
+    speech_span,
+)
 from voicebot.vad import PRE_ROLL_S, TAIL_S
 
 log = logging.getLogger("voicebot.tools.bench_asr")
 
 Window = float | Literal["auto"]
 TODAY = "today"
-RECORDINGS_DIR = Path(voicebot.__file__).resolve().parents[1] / "tests" / "data"
-# Speech is where the 10 ms loudness stands above this, or above 4 times the recording's own noise floor.
-SPEECH_RMS = 0.01
-NOISE_FLOOR_FACTOR = 4.0
-RMS_FRAME_S = 0.01
 HESITATION_S = 0.4
+# The recordings with a word-for-word transcript that are questions, not wake words.
+QUESTION_RECORDINGS = tuple(r for r in RECORDINGS if r.transcript and r.name not in WAKE_WORD_RECORDINGS)
 
 
-@dataclass(frozen=True)
-class Recording:
-    """A real recording kept in tests/data (its README gives the source and licence) and what is said in it."""
-
-    name: str
-    language: str
-    said: str
-
-
-RECORDINGS = (
-    Recording("en_voice2json_turn_on_living_room_lamp.flac", "en", "turn on the living room lamp"),
-    Recording(
-        "en_voice2json_would_you_please_turn_on_living_room_lamp.flac",
-        "en",
-        "would you please turn on the living room lamp",
-    ),
-    Recording("en_speech_recognition_one_two_three.flac", "en", "one two three"),
-    Recording(
-        "jfk.flac",
-        "en",
-        "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.",
-    ),
-    Recording("zh_aishell1_BAC009S0764W0121.flac", "zh", "甚至出现交易几乎停滞的情况"),
-    Recording("zh_funasr_asr_example.flac", "zh", "欢迎大家来体验达摩院推出的语音识别模型"),
-    Recording("zh_funasr_llamacpp_sample.flac", "zh", "我想问我在滨海新区有房"),
-    Recording("zh_paddlespeech_zh.flac", "zh", "我认为跑步最重要的就是给我带来了身体健康"),
-    Recording("zh_speech_recognition_chinese.flac", "zh", "砸自己的脚"),
-    Recording("zh_wenet_nihao.flac", "zh", "你好你好"),
-)
 # The questions of `voicebot bench`'s reference turns (voicebot/tools/bench/turns.py), a pause marked "|".
 REFERENCE_QUESTIONS = (
     "How far away is the moon,|from the earth?",
@@ -288,28 +262,18 @@ def error_rate(pairs: Sequence[tuple[str, str]], language: str) -> float:
 def endpointed(samples: np.ndarray) -> np.ndarray:
     """The speech in `samples` as the endpointer cuts it: from its pre-roll before the speech to its tail after,
     with silence added where the recording has none."""
-    frame = int(RMS_FRAME_S * INPUT_RATE_HZ)
-    frames = samples[: len(samples) // frame * frame].reshape(-1, frame)
-    rms = np.sqrt(np.mean(frames**2, axis=1))
-    loud = np.flatnonzero(rms > max(SPEECH_RMS, NOISE_FLOOR_FACTOR * np.percentile(rms, 10)))
-    if len(loud) == 0:
+    span = speech_span(samples)
+    if span is None:
         return samples
-    start = loud[0] * frame - int(PRE_ROLL_S * INPUT_RATE_HZ)
-    end = (loud[-1] + 1) * frame + int(TAIL_S * INPUT_RATE_HZ)
+    start = round((span[0] - PRE_ROLL_S) * INPUT_RATE_HZ)
+    end = round((span[1] + TAIL_S) * INPUT_RATE_HZ)
     padded = np.pad(samples, (max(0, -start), max(0, end - len(samples))))
     return padded[max(0, start) : max(0, start) + end - start].astype(np.float32)
 
 
 def recordings_dir() -> Path | None:
     """tests/data in a checkout; None when voicebot was installed without it (from a wheel)."""
-    return RECORDINGS_DIR if all((RECORDINGS_DIR / r.name).is_file() for r in RECORDINGS) else None
-
-
-def recording_samples(name: str, start_s: float = 0.0, end_s: float | None = None) -> np.ndarray:
-    """A recording from tests/data at 16 kHz, or a stretch of it."""
-    samples = read_wav(RECORDINGS_DIR / name).resampled(INPUT_RATE_HZ).samples
-    end = None if end_s is None else int(end_s * INPUT_RATE_HZ)
-    return samples[int(start_s * INPUT_RATE_HZ) : end]
+    return recordings_present(r.name for r in QUESTION_RECORDINGS)
 
 
 def piper_speech(config: Config):
@@ -373,7 +337,7 @@ def utterance_sets(config: Config, espeak: bool = True) -> dict[str, list[Uttera
         for language in ("en", "zh"):
             sets[f"{language}-real"] = [
                 Utterance(endpointed(recording_samples(r.name)), r.said, language, r.name)
-                for r in RECORDINGS
+                for r in QUESTION_RECORDINGS
                 if r.language == language
             ]
     return sets
@@ -439,9 +403,14 @@ def _multilingual(folder: Path) -> bool:
 
 
 def measure_model(
-    model: ModelUnderTest, config: Config, sets: dict[str, list[Utterance]], windows: Sequence[Window], rounds: int
+    model: ModelUnderTest,
+    config: Config,
+    sets: dict[str, list[Utterance]],
+    windows: Sequence[Window],
+    rounds: int,
+    memory: bool = True,
 ) -> dict[str, Any]:
-    """Every set the model can hear, in every way, `rounds` times, interleaved; and its memory."""
+    """Every set the model can hear, in every way, `rounds` times, interleaved; and its memory, if asked."""
     asr_config = dataclasses.replace(config.asr, language=model.language)
     cores = resolve_cores(asr_config.cores, "asr")
     heard = {name: s for name, s in sets.items() if model.language != "en" or name.startswith("en")}
@@ -471,13 +440,13 @@ def measure_model(
         for way in ways
     ]
     everything = [u.audio for s in heard.values() for u in s]
-    memory = {way: memory_in_a_new_process(model, asr_config, way, everything) for way in ways}
+    memory_mb = {way: memory_in_a_new_process(model, asr_config, way, everything) for way in ways} if memory else None
     return {
         "model": model.name,
         "model_dir": str(model.model_dir),
         "language": model.language,
         "threads": len(cores),
-        "memory_mb": memory,
+        "memory_mb": memory_mb,
         "rows": rows,
     }
 
@@ -570,31 +539,18 @@ def format_table(results: dict[str, Any]) -> str:
                 f"{row['metric']} {row['error_rate']:>4.1f}% {row['median_s']:>9.3f} {row['ratio_to_today']:>7.2f} "
                 f"{whole:>6} {same:>6} {row['loops']:>5} {row['second_passes']:>5} {row['languages_wrong']:>4}"
             )
-        memory = "; ".join(
-            f"{way}: {mb['loaded']:.0f} MB loaded, {mb['peak']:.0f} MB at the peak"
-            for way, mb in model["memory_mb"].items()
-        )
-        lines.append(f"{model['model']} memory, each in a new process: {memory}")
+        if model["memory_mb"] is not None:
+            memory = "; ".join(
+                f"{way}: {mb['loaded']:.0f} MB loaded, {mb['peak']:.0f} MB at the peak"
+                for way, mb in model["memory_mb"].items()
+            )
+            lines.append(f"{model['model']} memory, each in a new process: {memory}")
     return "\n".join(lines)
 
 
 def machine() -> dict[str, Any]:
-    """The CPU, its core count, the architecture, and the versions that matter here."""
-    from importlib.metadata import version
-
-    model = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith(("model name", "Model")):
-            model = line.split(":", 1)[1].strip()
-            break
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "faster_whisper": version("faster-whisper"),
-        "ctranslate2": version("ctranslate2"),
-    }
+    """The machine, and the versions that matter here."""
+    return machine_of("faster-whisper", "ctranslate2")
 
 
 def _window(text: str) -> Window:

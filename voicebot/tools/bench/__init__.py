@@ -31,6 +31,7 @@ from voicebot.config import Config
 from voicebot.engines import Engines
 from voicebot.models.paths import resolve_models
 from voicebot.runtime.threads import available_cores
+from voicebot.tools.bench.asr_windows import asr_windows
 from voicebot.tools.bench.barge_in import barge_in
 from voicebot.tools.bench.conversation import CONVERSATION, multi_turn
 from voicebot.tools.bench.designs import floor, on_every_core, stage_times
@@ -39,13 +40,9 @@ from voicebot.tools.bench.intents import action_requests, intent_turns
 from voicebot.tools.bench.measure import first_event, median, ratio, said, summaries
 from voicebot.tools.bench.realtime import SEQUENTIAL, STREAMING_ONLY, VOICEBOT, Run, run_turn
 from voicebot.tools.bench.report import format_table, plot_turn, read_markdown_page, update_markdown
-from voicebot.tools.bench.resources import (
-    listening_cpu_percent,
-    machine,
-    peak_rss_mb,
-    seconds_since_process_start,
-)
+from voicebot.tools.bench.resources import listening_cpu_percent, peak_rss_mb, seconds_since_process_start
 from voicebot.tools.bench.turns import SCRIPTS, ReferenceTurn, recordings_dir, reference_turns, talk, with_wake_models
+from voicebot.tools.machine import machine
 
 __all__ = [
     "BenchOptions",
@@ -67,6 +64,7 @@ class BenchOptions:
     idle_seconds: float = 60.0
     barge_in_clips: int = 6
     conversation_turns: int = len(CONVERSATION) + 1
+    asr_rounds: int = 3
     plot: Path | None = None
     json: Path | None = None
     markdown: Path | None = None
@@ -83,7 +81,9 @@ def options_from(
         markdown=Path(markdown_path) if markdown_path else None,
     )
     if short:
-        return dataclasses.replace(options, turns=1, idle_seconds=3.0, barge_in_clips=1, conversation_turns=5)
+        return dataclasses.replace(
+            options, turns=1, idle_seconds=3.0, barge_in_clips=1, conversation_turns=5, asr_rounds=1
+        )
     return options
 
 
@@ -135,6 +135,8 @@ def _run_bench(config: Config, options: BenchOptions) -> dict[str, Any]:
         if all_cores is not None:
             all_cores.close()
         engines.close()
+    # After the turns, with their models closed: it loads Whisper again on the same cores.
+    windows = asr_windows(config, options.asr_rounds)
 
     designs = {
         "stages": voicebot_runs,
@@ -182,6 +184,7 @@ def _run_bench(config: Config, options: BenchOptions) -> dict[str, Any]:
         "idle_cpu_percent": idle_cpu,
         "talk_cpu_percent": talk_cpu,
         "peak_rss_mb": peak_mb,
+        "asr_windows": windows,
         "intent_turns": commands,
         "action_requests": actions,
         "startup_s": round(startup_s, 3),

@@ -64,6 +64,7 @@ def _headline_lines(results: dict[str, Any]) -> list[str]:
             f"{row['first_token_s']:.3f} | {row['baseline_first_token_s']:.3f} s"
         )
     lines += _intent_lines(results)
+    lines += _asr_lines(results)
     lines += [
         f"CPU while listening: silence {results['idle_cpu_percent']}%, talk {results['talk_cpu_percent']}% of one core",
         f"peak RSS {results['peak_rss_mb']} MB, start to listening {results['startup_s']} s",
@@ -85,6 +86,50 @@ def _intent_rows(results: dict[str, Any]) -> list[str]:
         "| answers claiming an action, among those the LLM gave to requests no sentence caught | "
         f"{actions['llm_claims']} of {actions['llm_asked']} |",
     ]
+
+
+def _asr_rows(results: dict[str, Any]) -> list[str]:
+    windows = results.get("asr_windows")
+    if not windows:
+        return []
+    turns, tiny, mandarin = windows["reference_turns"], windows["tiny_en"], windows["mandarin"]
+    rows = [
+        "| ASR per reference question, Whisper base with `asr.language: auto`: sized window, one pass / 30-s window, "
+        f"one pass / before (two 30-s passes) | **{turns['sized_s']:.3f} s** / {turns['window_30_s']:.3f} s / "
+        f"{turns['today_two_passes_s']:.3f} s (ratios **{turns['sized_over_30']}** and {turns['sized_over_today']}; "
+        f"same words as in 30 s in {turns['same_words']} of {turns['utterances']}) |",
+        "| the same, tiny.en (bundled; its `auto` keeps 30 s): 10-s window / 30-s window | "
+        f"{tiny['window_10_s']:.3f} s / {tiny['window_30_s']:.3f} s (same words in {tiny['same_words_in_10']} of "
+        f"{tiny['utterances']}) |",
+    ]
+    if mandarin:
+        rows.append(
+            "| ASR per real Mandarin recording, Whisper base, `asr.language: auto`: one sized pass / two 30-s passes "
+            f"before | **{mandarin['sized_one_pass_s']:.3f} s** / {mandarin['today_two_passes_s']:.3f} s "
+            f"(ratio **{mandarin['sized_over_today']}**; CER {mandarin['cer_sized']}% / "
+            f"{mandarin['cer_today_simplified']}% with the old transcripts also made Simplified, "
+            f"{mandarin['cer_today']}% as they were) |"
+        )
+    return rows
+
+
+def _asr_lines(results: dict[str, Any]) -> list[str]:
+    windows = results.get("asr_windows")
+    if not windows:
+        return []
+    turns, mandarin = windows["reference_turns"], windows["mandarin"]
+    lines = [
+        f"ASR per reference question (base, auto)  {turns['sized_s']:.3f} s sized, {turns['window_30_s']:.3f} s in "
+        f"one 30-s pass, {turns['today_two_passes_s']:.3f} s before (ratios {turns['sized_over_30']}, "
+        f"{turns['sized_over_today']}; same words in {turns['same_words']} of {turns['utterances']})"
+    ]
+    if mandarin:
+        lines.append(
+            f"ASR per Mandarin recording (base, auto)  {mandarin['sized_one_pass_s']:.3f} s in one sized pass, "
+            f"{mandarin['today_two_passes_s']:.3f} s in two 30-s passes (ratio {mandarin['sized_over_today']}); "
+            f"CER {mandarin['cer_sized']}% against {mandarin['cer_today_simplified']}%"
+        )
+    return lines
 
 
 def _intent_lines(results: dict[str, Any]) -> list[str]:
@@ -174,6 +219,7 @@ def format_markdown(results: dict[str, Any], command: str) -> str:
         f"| CPU while listening to silence / to talk | **{results['idle_cpu_percent']} %** / "
         f"{results['talk_cpu_percent']} % of one core |",
         *_intent_rows(results),
+        *_asr_rows(results),
         f"| peak RSS (voicebot's models) | {results['peak_rss_mb']} MB |",
         f"| start to listening | {results['startup_s']} s |",
     ]
