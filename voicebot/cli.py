@@ -420,6 +420,7 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         notifier.stopping()
+        await asyncio.gather(*closing, return_exceptions=True)
         await engines.llm.close()
         engines.close(wait=False)
     return 0
