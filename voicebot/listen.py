@@ -45,15 +45,22 @@ class SourceFailed:
     error: BaseException
 
 
-async def hear_source(source: AudioSource, inbox: Inbox, on_first_frame: Callable[[], None]) -> None:
+LISTENING_AFTER_S = 0.5
+"""Audio a source must deliver before it counts as listening (or as back after a loss): a stream reopened on a
+suspended PulseAudio sink hands over what it had buffered, then stalls again."""
+
+
+async def hear_source(source: AudioSource, inbox: Inbox, on_listening: Callable[[], None]) -> None:
     """Hand each frame of `source` to a supervisor's inbox as Heard (waiting while it is behind), then InputEnded;
-    a failure, whatever it is, reaches the supervisor as SourceFailed, in one line."""
-    listening = False
+    a failure, whatever it is, reaches the supervisor as SourceFailed, in one line. `on_listening` is called once
+    the source has delivered LISTENING_AFTER_S of audio."""
+    delivered_s = 0.0
     try:
         async for chunk in source.frames():
-            if not listening:
-                listening = True
-                on_first_frame()
+            if delivered_s < LISTENING_AFTER_S:
+                delivered_s += chunk.seconds
+                if delivered_s >= LISTENING_AFTER_S:
+                    on_listening()
             await inbox.put_frame(Heard(chunk))
     except VoicebotError as error:
         inbox.post(SourceFailed(error))
